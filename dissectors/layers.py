@@ -1,0 +1,138 @@
+"""The registry of dissectable layers: name, construct definition, spec section.
+
+A layer is one message layout that ``vqtrace decode LAYER HEX`` can take, and
+that the rest of vqtrace dissects chains and messages with. Modules that declare
+layouts register them here with :func:`register`; :func:`all_layers` imports
+every such module so the registry is complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import Construct, ConstructError
+
+from .errors import DissectError
+from .tree import Field
+from .walk import FieldSpec, describe, dissect_tree
+
+#: Modules whose import registers layers, in the order ``decode --list`` shows them.
+LAYER_MODULES = (
+    "virtqueue",
+    "vhost_user",
+    "pci",
+    "mmio",
+    "net",
+    "blk",
+    "console",
+    "balloon",
+    "scsi",
+    "vsock",
+    "rng",
+)
+
+
+@dataclass
+class Layer:
+    """One layout: ``name`` for the CLI, ``prefix`` for its field abbreviations."""
+
+    name: str
+    struct: Construct
+    title: str
+    section: str  # where the spec defines it, e.g. "virtio 1.4, 2.7.5"
+    prefix: str = ""
+    summary: Callable[[Field], str] | None = None  # one-line info for `show`
+    _compiled: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = self.prefix or self.name
+
+    def dissect(self, data: bytes, *, base: int = 0, params: dict[str, Any] | None = None) -> Field:
+        """The field tree of ``data``; raises DissectError on anything malformed."""
+        return dissect_tree(self.struct, data, layer=self.name, abbrev=self.prefix,
+                            label=self.title, base=base, params=params)[1]
+
+    def parse(self, data: bytes, params: dict[str, Any] | None = None) -> Any:
+        """Fast values-only parse (compiled construct), no tree; DissectError on bad input."""
+        if self._compiled is None:
+            try:
+                self._compiled = self.struct.compile()
+            except Exception:
+                self._compiled = self.struct
+        try:
+            return self._compiled.parse(bytes(data), **(params or {}))
+        except (ConstructError, struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+            raise DissectError(self.name, 0, f"{type(err).__name__}: {err}") from None
+
+    def build(self, values: Any, params: dict[str, Any] | None = None) -> bytes:
+        """Bytes for ``values`` (the inverse of parse), for tests and drivers."""
+        return self.struct.build(values, **(params or {}))
+
+    def sizeof(self) -> int | None:
+        try:
+            return self.struct.sizeof()
+        except Exception:
+            return None
+
+    def fields(self) -> list[FieldSpec]:
+        """Every field this layer can produce (for filters and the Lua plugin)."""
+        return describe(self.struct, self.prefix, self.title)
+
+
+_LAYERS: dict[str, Layer] = {}
+_loaded = False
+
+
+def register(layer: Layer) -> Layer:
+    """Add ``layer`` to the registry (called at import time by layout modules)."""
+    if layer.name in _LAYERS and _LAYERS[layer.name] is not layer:
+        raise ValueError(f"layer {layer.name} registered twice")
+    _LAYERS[layer.name] = layer
+    return layer
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in LAYER_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.{module}":
+                raise
+    _loaded = True
+
+
+def all_layers() -> list[Layer]:
+    """Every registered layer, in registration order."""
+    _load_all()
+    return list(_LAYERS.values())
+
+
+def get_layer(name: str) -> Layer:
+    """The layer called ``name``; DissectError naming the known ones otherwise."""
+    _load_all()
+    try:
+        return _LAYERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_LAYERS))
+        raise DissectError(name, 0, f"unknown layer (known: {known})") from None
+
+
+def dissect(layer: str | Layer, data: bytes, *, base: int = 0, params: dict[str, Any] | None = None) -> Field:
+    """Field tree of ``data`` as ``layer`` (a name or a Layer)."""
+    if isinstance(layer, str):
+        layer = get_layer(layer)
+    return layer.dissect(data, base=base, params=params)
+
+
+def parse(layer: str | Layer, data: bytes, params: dict[str, Any] | None = None) -> Any:
+    """Values of ``data`` as ``layer``, without building a tree."""
+    if isinstance(layer, str):
+        layer = get_layer(layer)
+    return layer.parse(data, params)

@@ -1,0 +1,1 @@
+"""The Wireshark Lua plugin (generated) and its generator."""

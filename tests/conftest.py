@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests that need a system tool fail under CI=true when it is
+missing (CI installs everything) and skip locally."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """Path of system tool ``name``; fail in CI, skip locally, when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(f"{message}, and CI must install it (.ci/run)")
+        pytest.skip(message)
+    return path
+
+
+def run_vqtrace(*args: str, input: bytes | None = None, timeout: float = 60, env: dict | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in a child process."""
+    return subprocess.run([sys.executable, "-m", "vqtrace", *args], input=input, capture_output=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def vqtrace_cli():
+    return run_vqtrace

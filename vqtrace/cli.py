@@ -1,0 +1,110 @@
+"""The ``vqtrace`` command line: one subcommand per module of vqtrace.commands.
+
+Exit codes everywhere: 0 success, 1 the analysis found a problem (a violation or
+a divergence), 2 bad usage or bad input, with one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from . import __version__
+from .errors import VqtraceError
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_BAD_INPUT = 2
+
+#: Subcommand modules under vqtrace.commands, in the order --help lists them.
+COMMANDS = (
+    "demo",
+    "live",
+    "dump",
+    "show",
+    "stats",
+    "export",
+    "decode",
+    "features",
+    "replay",
+    "wireshark",
+    "tui",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _command_modules() -> list[ModuleType]:
+    modules = []
+    for name in COMMANDS:
+        try:
+            modules.append(importlib.import_module(f"{__package__}.commands.{name}"))
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="vqtrace",
+        description="Protocol analyser and trace debugger for virtio and vhost-user.",
+        epilog="Exit status: 0 success, 1 the analysis found a problem, 2 bad usage or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"vqtrace {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for module in _command_modules():
+        name = module.__name__.rsplit(".", 1)[1]
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        command = sub.add_parser(name, help=summary, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run, command_parser=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Positional words after options (`decode LAYER --queue-size 4 HEX`) go to
+        # the command's list positional, when it has one; anything else is an error.
+        spill = getattr(args, "positional_list", None)
+        if spill is None or any(word.startswith("-") and len(word) > 1 for word in extras):
+            getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extras)}")
+        getattr(args, spill).extend(extras)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    prog = f"vqtrace {args.command}"
+    try:
+        return int(args.run(args) or 0)
+    except VqtraceError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`vqtrace show ... | head`): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
