@@ -22,6 +22,7 @@ from .walk import FieldSpec, describe, dissect_tree
 
 #: Modules whose import registers layers, in the order ``decode --list`` shows them.
 LAYER_MODULES = (
+    "record",
     "virtqueue",
     "vhost_user",
     "pci",

@@ -34,3 +34,15 @@ def test_every_layer_describes_its_fields_under_its_prefix(layer):
     for spec in specs:
         assert spec.abbrev == layer.prefix or spec.abbrev.startswith(layer.prefix + "."), spec.abbrev
         assert spec.label
+
+
+def test_an_abbreviation_means_one_kind_of_value_across_all_layers():
+    # One display filter must mean the same thing wherever a field appears
+    # (DESIGN.md: the same abbreviations in vqtrace and in the Wireshark plugin).
+    kinds: dict[str, tuple[str, str]] = {}
+    for layer in LAYERS:
+        for spec in layer.fields():
+            if spec.kind == "none":
+                continue
+            seen = kinds.setdefault(spec.abbrev, (spec.kind, layer.name))
+            assert seen[0] == spec.kind, f"{spec.abbrev}: {seen[0]} in {seen[1]}, {spec.kind} in {layer.name}"
