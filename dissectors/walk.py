@@ -187,7 +187,7 @@ class _Walker:
                     shown = "Set" if bits else "Not set"
                     child = Field(f"{abbrev}.{name.lower()}", name, bool(bits), shown, offset, width)
                 else:
-                    child = Field(f"{abbrev}.{name.lower()}", name, bits, str(bits), offset, width)
+                    child = Field(f"{abbrev}.{name.lower()}", name, bits, group_display(con, name, bits), offset, width)
                 node.children.append(child)
         return node
 
@@ -252,6 +252,21 @@ def flag_masks(con: Construct) -> dict[str, int]:
     return {}
 
 
+def group_names(con: Construct, group: str) -> dict[int, str]:
+    """Value names of a Bitmask's multi-bit ``group`` (through Renamed), else {}."""
+    con, _, _ = unwrap_name(con)
+    return dict(getattr(con, "value_names", {}).get(group, {})) if isinstance(con, Bitmask) else {}
+
+
+def group_display(con: Construct, group: str, bits: int) -> str:
+    """A multi-bit group's display: ``NAME (n)`` when the group has value names, else the number."""
+    names = group_names(con, group)
+    if not names:
+        return str(bits)
+    name = names.get(bits)
+    return f"{name} ({bits})" if name is not None else f"Unknown ({bits})"
+
+
 def display_of(con: Construct, value: Any) -> str:
     """The display string Wireshark would show for ``value`` of ``con``."""
     if isinstance(con, Enum):
@@ -311,13 +326,18 @@ class FieldSpec:
 def describe(con: Construct, abbrev: str, label: str) -> list[FieldSpec]:
     """Every field ``con`` can produce, without data (all Switch cases, both If arms)."""
     specs: dict[str, FieldSpec] = {}
+    ambiguous: set[str] = set()  # fields whose numbers are named differently in different Switch cases
 
     def add(spec: FieldSpec) -> None:
         known = specs.get(spec.abbrev)
         if known is None or (known.kind == "none" and spec.kind != "none"):
             specs[spec.abbrev] = spec
-        else:
-            known.value_names.update(spec.value_names)
+        elif spec.abbrev not in ambiguous:
+            if any(known.value_names.get(value, name) != name for value, name in spec.value_names.items()):
+                known.value_names.clear()  # e.g. a command number whose name depends on its class
+                ambiguous.add(spec.abbrev)
+            else:
+                known.value_names.update(spec.value_names)
 
     def visit(con: Construct, abbrev: str, label: str) -> None:
         con, _, docs = unwrap_name(con)
@@ -346,7 +366,7 @@ def describe(con: Construct, abbrev: str, label: str) -> list[FieldSpec]:
             for name, mask in flag_masks(con).items():
                 single = mask & (mask - 1) == 0
                 add(FieldSpec(f"{abbrev}.{name.lower()}", name, "bool" if single else f"uint{width * 8}",
-                              mask=mask, parent_width=width))
+                              value_names={} if single else group_names(con, name), mask=mask, parent_width=width))
 
     visit(con, abbrev, label)
     return list(specs.values())
@@ -364,7 +384,7 @@ def leaf_spec(con: Construct, abbrev: str, label: str) -> FieldSpec:
         return FieldSpec(abbrev, label, "uint64", base="HEX")
     if width is not None:
         return FieldSpec(abbrev, label, f"uint{width * 8}")
-    if isinstance(con, Bytes | GreedyBytes):
+    if isinstance(con, Bytes) or con is GreedyBytes:
         return FieldSpec(abbrev, label, "bytes")
     if isinstance(con, Computed):
         return FieldSpec(abbrev, label, "string")
