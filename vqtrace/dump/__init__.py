@@ -1,0 +1,1 @@
+"""Offline analysis of guest memory snapshots (vqtrace dump)."""

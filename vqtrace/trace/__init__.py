@@ -1,0 +1,1 @@
+"""Trace files: the vqtrace pcapng record format, writer, lazy indexed reader, event decoding."""
