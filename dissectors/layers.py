@@ -9,12 +9,13 @@ every such module so the registry is complete.
 from __future__ import annotations
 
 import importlib
+import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Construct, ConstructError
+from construct import Construct, ConstructError, StreamError
 
 from .errors import DissectError
 from .tree import Field
@@ -35,6 +36,29 @@ LAYER_MODULES = (
     "vsock",
     "rng",
 )
+
+
+class _StrictStream(io.BytesIO):
+    """A byte stream whose sized reads never come back short.
+
+    construct's compiled parsers read ``Bytes(n)`` with a bare ``io.read(n)``, which
+    returns what is left; the interpreted ones raise. This stream raises too, so a
+    truncated field is an error on the compiled path as on the tree path. A short read
+    that a GreedyRange swallowed (it stops at the first entry that fails) is remembered:
+    bytes left after it are a partial trailing entry, which the tree path rejects too.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.size = len(data)
+        self.short_read = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and size >= 0 and len(data) < size:
+            self.short_read = True
+            raise StreamError(f"stream read less than specified amount, expected {size}, found {len(data)}")
+        return data
 
 
 @dataclass
@@ -64,10 +88,15 @@ class Layer:
                 self._compiled = self.struct.compile()
             except Exception:
                 self._compiled = self.struct
+        stream = _StrictStream(bytes(data))
         try:
-            return self._compiled.parse(bytes(data), **(params or {}))
+            values = self._compiled.parse_stream(stream, **(params or {}))
         except (ConstructError, struct.error, ValueError, KeyError, TypeError, IndexError) as err:
             raise DissectError(self.name, 0, f"{type(err).__name__}: {err}") from None
+        end = stream.tell()
+        if stream.short_read and end < stream.size:
+            raise DissectError(self.name, end, f"truncated: {stream.size - end} trailing bytes are not a whole entry")
+        return values
 
     def build(self, values: Any, params: dict[str, Any] | None = None) -> bytes:
         """Bytes for ``values`` (the inverse of parse), for tests and drivers."""

@@ -21,8 +21,8 @@ Layers (all fields little-endian, 4.1.3):
 
 :data:`COMMON_CFG_FIELDS` and :data:`LEGACY_FIELDS` map byte offsets to field names and
 widths, for decoding single BAR accesses (:func:`common_cfg_field`, :func:`legacy_field`).
-:data:`DEVICE_STATUS` names the device status bits (2.1), shared with the MMIO and
-vhost-user dissectors.
+:data:`DEVICE_STATUS` (the device status bits, 2.1) is :mod:`dissectors.features`'s table,
+re-exported here for the MMIO and vhost-user dissectors.
 """
 
 from __future__ import annotations
@@ -31,20 +31,10 @@ from typing import Any, NamedTuple
 
 from construct import Bytes, Enum, GreedyBytes, Hex, If, Struct
 
+from .features import DEVICE_STATUS  # 2.1 Device Status Field: one table, in features.py
 from .layers import Layer, register
 from .tree import Field
 from .types import Address, Bitmask, enum_name, le16, le32, more_data, u8
-
-# 2.1 Device Status Field
-DEVICE_STATUS = {
-    "ACKNOWLEDGE": 1,
-    "DRIVER": 2,
-    "DRIVER_OK": 4,
-    "FEATURES_OK": 8,
-    "SUSPEND": 16,
-    "DEVICE_NEEDS_RESET": 64,
-    "FAILED": 128,
-}
 
 # 4.1.2 PCI Device Discovery
 VIRTIO_PCI_VENDOR_ID = 0x1AF4

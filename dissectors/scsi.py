@@ -171,7 +171,8 @@ def _sense_window(ctx: Any) -> int:
 
 def _sense_present(ctx: Any) -> bool:
     if ctx.get("_building"):
-        return bool(ctx.get("sense"))
+        # a parsed empty sense is a Container holding only construct's private keys (``_io``)
+        return any(not str(key).startswith("_") for key in ctx.get("sense") or {})
     return ctx.sense_len > 0 and _sense_window(ctx) > 0
 
 

@@ -61,7 +61,7 @@ def peek(ctx: Any, n: int) -> bytes:
     """The next ``n`` bytes of the stream being parsed, without consuming them."""
     stream = ctx._io
     here = stream.tell()
-    data = stream.read(n)
+    data = stream.read(min(n, bytes_left(ctx)))  # never a short read: Layer.parse's stream rejects those
     stream.seek(here)
     return data
 
@@ -485,14 +485,21 @@ def cdb_key(head: bytes, room_left: int | None = None) -> Any:
 
 
 def built_cdb_key(values: Any) -> Any:
-    """The CDB_LAYOUTS key of a CDB being built from ``values``."""
+    """The CDB_LAYOUTS key of a CDB being built from ``values``.
+
+    Values without the fields of their opcode's layout (a CDB parsed as unknown because
+    it did not fit, with only ``opcode`` and ``parameters``) build as UNKNOWN_CDB again.
+    """
     opcode = enum_int(values["opcode"], OPCODES)
     action = values.get("service_action")
+    key: Any = opcode if opcode in CDB_LAYOUTS else None
     if action is not None and opcode == op["SERVICE ACTION IN(16)"]:
-        key = (opcode, enum_int(action, SAI_SERVICE_ACTIONS))
-        if key in CDB_LAYOUTS:
-            return key
-    return opcode if opcode in CDB_LAYOUTS else None
+        action_key = (opcode, enum_int(action, SAI_SERVICE_ACTIONS))
+        if action_key in CDB_LAYOUTS:
+            key = action_key
+    if key is not None and not all(sub.name in values for sub in CDB_LAYOUTS[key].subcons if sub.name):
+        return None
+    return key
 
 
 def cdb_switch(name: str) -> Switch:

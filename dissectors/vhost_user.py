@@ -57,11 +57,7 @@ from construct import (
 )
 
 from .errors import DissectError, VqtraceError
-
-try:  # TEMPORARY until dissectors/features.py lands (another engineer writes it)
-    from .features import VHOST_USER_PROTOCOL_FEATURES
-except ImportError:  # pragma: no cover
-    VHOST_USER_PROTOCOL_FEATURES = {}
+from .features import VHOST_USER_PROTOCOL_FEATURES
 from .layers import Layer, register
 from .pci import DEVICE_STATUS
 from .tree import Field

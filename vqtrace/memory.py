@@ -78,6 +78,7 @@ class GuestMemory:
     def __init__(self, regions: Iterable[Region] = ()) -> None:
         self._regions: list[Region] = []
         self._starts: list[int] = []
+        self._generation = 0
         for region in regions:
             self.add(region)
 
@@ -97,6 +98,7 @@ class GuestMemory:
         at = bisect.bisect(self._starts, region.guest_addr)
         self._regions.insert(at, region)
         self._starts.insert(at, region.guest_addr)
+        self._generation += 1
         return region
 
     def add_buffer(self, guest_addr: int, buffer: Any, *, user_addr: int | None = None, name: str = "",
@@ -113,8 +115,8 @@ class GuestMemory:
 
         The mapping is shared; read-only unless ``writable``. The fd may be closed afterwards.
         """
-        if size <= 0 or offset < 0:
-            raise GuestMemoryError(f"bad mapping: size {size}, offset {offset}", address=guest_addr)
+        if size <= 0 or offset < 0 or fd < 0:
+            raise GuestMemoryError(f"bad mapping: fd {fd}, size {size}, offset {offset}", address=guest_addr)
         aligned = offset - offset % PAGE_SIZE
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
@@ -171,6 +173,7 @@ class GuestMemory:
             raise GuestMemoryError("no region starts here", address=guest_addr)
         region = self._regions.pop(at)
         del self._starts[at]
+        self._generation += 1
         _release(region)
         return region
 
@@ -180,6 +183,7 @@ class GuestMemory:
             _release(region)
         self._regions.clear()
         self._starts.clear()
+        self._generation += 1
 
     def __enter__(self) -> GuestMemory:
         return self
@@ -210,11 +214,33 @@ class GuestMemory:
 
     def contains(self, addr: int, length: int = 1) -> bool:
         """Whether every byte of ``[addr, addr + length)`` is mapped."""
+        if addr < 0 or length < 0:
+            return False
+        region = self.region_at(addr)
+        if region is None:
+            return False
+        if addr + length <= region.end:
+            return True
         try:
             self._spans(addr, length)
         except GuestMemoryError:
             return False
         return True
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a region is added or removed (for callers' caches)."""
+        return self._generation
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The mapped guest-physical ranges as (start, end) pairs, adjacent regions merged."""
+        merged: list[tuple[int, int]] = []
+        for region in self._regions:
+            if merged and merged[-1][1] == region.guest_addr:
+                merged[-1] = (merged[-1][0], region.end)
+            else:
+                merged.append((region.guest_addr, region.end))
+        return merged
 
     def _spans(self, addr: int, length: int) -> list[tuple[Region, int, int]]:
         """(region, offset in region, bytes) pieces covering the range, or GuestMemoryError."""

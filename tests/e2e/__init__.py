@@ -1,0 +1,1 @@
+"""End-to-end tests against real QEMU and a Linux guest (issue 8)."""

@@ -1,0 +1,200 @@
+"""The fast paths (struct, numpy, batch walks) equal the construct layouts and the careful walkers."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vqtrace.dissectors.virtqueue import (
+    PACKED_DESC_SIZE,
+    SPLIT_DESC_SIZE,
+    VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_USED,
+    packed_desc,
+    packed_event,
+    split_desc,
+    used_elem,
+)
+from vqtrace.memory import GuestMemory
+from vqtrace.model import VIRTIO_F_INDIRECT_DESC, Layout, QueueConfig
+from vqtrace.rings.batch import PACKED_DTYPE, SPLIT_DTYPE, scan_packed_batch, walk_split_batch
+from vqtrace.rings.chain import (
+    DESC_STRUCT,
+    PACKED_DESC_STRUCT,
+    MemoryBounds,
+    careful_packed_chain,
+    careful_split_chain,
+    packed_desc_available,
+    walk_packed_chain,
+    walk_split_chain,
+)
+from vqtrace.rings.packed import EVENT_STRUCT
+from vqtrace.rings.split import USED_ELEM_STRUCT
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- layouts: struct and numpy against the construct definitions ---------------------------------------
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_split_desc_struct_and_dtype_equal_construct(raw):
+    parsed = split_desc.parse(raw)
+    assert DESC_STRUCT.unpack(raw) == (parsed.addr, parsed.len, parsed.flags, parsed.next)
+    row = np.frombuffer(raw, dtype=SPLIT_DTYPE)[0]
+    assert tuple(int(v) for v in row) == (parsed.addr, parsed.len, parsed.flags, parsed.next)
+    assert split_desc.build(dict(parsed)) == raw
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_packed_desc_struct_and_dtype_equal_construct(raw):
+    parsed = packed_desc.parse(raw)
+    assert PACKED_DESC_STRUCT.unpack(raw) == (parsed.addr, parsed.len, parsed.id, parsed.flags)
+    row = np.frombuffer(raw, dtype=PACKED_DTYPE)[0]
+    assert tuple(int(v) for v in row) == (parsed.addr, parsed.len, parsed.id, parsed.flags)
+
+
+@given(st.binary(min_size=8, max_size=8), st.binary(min_size=4, max_size=4))
+def test_used_elem_and_event_structs_equal_construct(elem, event):
+    parsed = used_elem.parse(elem)
+    assert USED_ELEM_STRUCT.unpack(elem) == (parsed.id, parsed.len)
+    desc, flags = EVENT_STRUCT.unpack(event)
+    assert packed_event.parse(event).desc == desc
+    assert int(packed_event.parse(event).flags) == flags
+
+
+def test_sizes_agree():
+    assert DESC_STRUCT.size == SPLIT_DTYPE.itemsize == SPLIT_DESC_SIZE == split_desc.sizeof()
+    assert PACKED_DESC_STRUCT.size == PACKED_DTYPE.itemsize == PACKED_DESC_SIZE == packed_desc.sizeof()
+    assert USED_ELEM_STRUCT.size == used_elem.sizeof() and EVENT_STRUCT.size == packed_event.sizeof()
+
+
+# -- random tables: fast walkers == careful walkers ------------------------------------------------------
+
+MEM_BASE, MEM_SIZE = 0x10000, 0x10000
+ADDRS = st.one_of(st.integers(MEM_BASE, MEM_BASE + MEM_SIZE), st.integers(0, (1 << 64) - 1),
+                  st.sampled_from([0, MEM_BASE + MEM_SIZE - 8, (1 << 64) - 1]))
+LENS = st.one_of(st.integers(0, 64), st.integers(0, (1 << 32) - 1), st.sampled_from([16, 32, 48, 17]))
+FLAGS = st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7]), st.integers(0, 0xFFFF))
+
+
+def _desc_rows(size: int, nexts: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(st.tuples(ADDRS, LENS, FLAGS, nexts), min_size=size, max_size=size)
+
+
+@st.composite
+def split_tables(draw):
+    size = draw(st.sampled_from([1, 2, 4, 8, 16]))
+    rows = draw(_desc_rows(size, st.integers(0, size + 1)))
+    # mostly well-formed chains: NEXT flags and in-memory buffers, with a sprinkle of the random rows above
+    if draw(st.booleans()):
+        good = []
+        for k in range(size):
+            write = draw(st.booleans()) and k > size // 2
+            flags = (2 if write else 0) | (1 if k + 1 < size and draw(st.booleans()) else 0)
+            good.append((MEM_BASE + 64 * k, draw(st.integers(0, 64)), flags, (k + 1) % size))
+        rows = [draw(st.sampled_from([g, r])) for g, r in zip(good, rows, strict=True)]
+    heads = draw(st.lists(st.integers(0, size + 2), min_size=1, max_size=40))
+    return size, rows, heads
+
+
+def _memory_with(table: bytes, extra_indirect: bytes = b"") -> tuple[GuestMemory, int]:
+    memory = GuestMemory()
+    backing = bytearray(MEM_SIZE)
+    memory.add_buffer(MEM_BASE, backing)
+    desc = MEM_BASE + 0x8000
+    memory.write(desc, table)
+    if extra_indirect:
+        memory.write(MEM_BASE + 0x40, extra_indirect[:0x1000])
+    return memory, desc
+
+
+def _same(a, b) -> None:
+    assert (a.id, a.avail_idx, a.readable_len, a.writable_len) == (b.id, b.avail_idx, b.readable_len, b.writable_len)
+    assert [tuple(d) for d in a.descriptors] == [tuple(d) for d in b.descriptors]
+    assert [x.code for x in a.anomalies] == [x.code for x in b.anomalies]
+
+
+@FAST
+@given(split_tables(), st.binary(max_size=256))
+def test_split_fast_and_batch_walks_equal_the_careful_walk(case, indirect):
+    size, rows, heads = case
+    table = b"".join(DESC_STRUCT.pack(*row) for row in rows)
+    memory, desc = _memory_with(table, indirect)
+    config = QueueConfig(0, size, desc, desc + 0x1000, desc + 0x2000, features=1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    view = memory.view(desc, 16 * size)
+    careful = [careful_split_chain(config, memory, h, avail_idx=k, table=view, bounds=bounds)
+               for k, h in enumerate(heads)]
+    for k, head in enumerate(heads):
+        _same(walk_split_chain(config, memory, head, avail_idx=k, table=view, bounds=bounds), careful[k])
+    for got, want in zip(walk_split_batch(config, memory, heads, 0, view, bounds), careful, strict=True):
+        _same(got, want)
+
+
+@st.composite
+def packed_rings(draw):
+    size = draw(st.sampled_from([1, 2, 3, 8, 16, 33]))
+    rows = draw(_desc_rows(size, st.integers(0, 0xFFFF)))
+    wrap = draw(st.booleans())
+    if draw(st.booleans()):  # mostly available descriptors, with valid ids
+        stamp = VIRTQ_DESC_F_AVAIL if wrap else VIRTQ_DESC_F_USED
+        other = VIRTQ_DESC_F_USED if wrap else VIRTQ_DESC_F_AVAIL
+        fixed = []
+        for k, (addr, length, flags, _) in enumerate(rows):
+            keep = draw(st.integers(0, 9))
+            if keep == 0:
+                fixed.append((addr, length, draw(st.integers(0, size)), flags))
+            else:
+                bits = draw(st.sampled_from([0, 1, 2, 3]))
+                fixed.append((MEM_BASE + 64 * k, draw(st.integers(0, 64)), draw(st.integers(0, size - 1)),
+                              bits | (stamp if keep > 1 else other)))
+        rows = fixed
+    slot = draw(st.integers(0, size - 1))
+    return size, rows, slot, wrap
+
+
+@FAST
+@given(packed_rings(), st.binary(max_size=256))
+def test_packed_fast_and_batch_walks_equal_the_careful_walk(case, indirect):
+    size, rows, slot, wrap = case
+    ring = b"".join(PACKED_DESC_STRUCT.pack(*row) for row in rows)
+    memory, desc = _memory_with(ring, indirect)
+    config = QueueConfig(0, size, desc, desc + 0x1000, desc + 0x2000, Layout.PACKED, 1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    view = memory.view(desc, 16 * size)
+    if not packed_desc_available(rows[slot][3], wrap):
+        return
+    _same(walk_packed_chain(config, memory, slot, wrap, ring=view, bounds=bounds),
+          careful_packed_chain(config, memory, slot, wrap, ring=view, bounds=bounds))
+    # The batch scan: every list it returns equals the careful walk at that place, in ring order.
+    here, w = slot, wrap
+    for chain in scan_packed_batch(config, memory, slot, wrap, view, bounds):
+        want = careful_packed_chain(config, memory, here, w, ring=view, bounds=bounds)
+        _same(chain, want)
+        assert chain.wrap == w and not want.anomalies
+        here += chain.ring_len
+        if here >= size:
+            here, w = here - size, not w
+
+
+def test_lazy_descriptors_are_a_snapshot_of_the_table():
+    """Chains read by the fast paths keep what the table held when read, not what it holds later."""
+    memory, desc = _memory_with(b"".join(DESC_STRUCT.pack(MEM_BASE + 16 * k, 8, 1 if k < 3 else 0, k + 1)
+                                         for k in range(4)) * 8)
+    config = QueueConfig(0, 32, desc, desc + 0x1000, desc + 0x2000)
+    bounds = MemoryBounds(memory)
+    scalar = walk_split_chain(config, memory, 0, table=memory.view(desc, 512), bounds=bounds)
+    batch = walk_split_batch(config, memory, [0, 4, 8] * 6, 0, memory.view(desc, 512), bounds)[0]
+    memory.write(desc, DESC_STRUCT.pack(0, 99, 0, 0))  # the driver reuses descriptor 0
+    for chain in (scalar, batch):
+        assert [d.len for d in chain.descriptors] == [8, 8, 8, 8]
+        assert [d.index for d in chain.descriptors] == [0, 1, 2, 3]
+
+
+def test_struct_formats_are_little_endian():
+    assert DESC_STRUCT.format.startswith("<") and PACKED_DESC_STRUCT.format.startswith("<")
+    assert struct.calcsize(DESC_STRUCT.format) == 16

@@ -1,0 +1,187 @@
+"""Walking many chains at once with numpy (the ring readers' fast path for big polls).
+
+A poll that finds many new chains (a dump, a trace catching up, a benchmark) walks
+them all together: step ``k`` reads the ``k``-th descriptor of every chain still
+going, so the Python cost is per step, not per descriptor. Only the common case is
+done here: direct descriptors, in memory, readable before writable, no loop and at
+most ``MAX_STEPS`` long. Any chain that is not (or might not be) is handed back to
+the careful walkers of :mod:`vqtrace.rings.chain`, which find and name the anomaly.
+Tests hold the results equal to the careful walkers'.
+
+The descriptor layout comes from ``dissectors/virtqueue.py`` (``split_desc`` and
+``packed_desc``); ``SPLIT_DTYPE``/``PACKED_DTYPE`` are tested equal to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..dissectors.virtqueue import (
+    VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_USED,
+    VIRTQ_DESC_F_WRITE,
+)
+from ..memory import GuestMemory
+from ..model import Chain, Descriptor, QueueConfig
+from .chain import CHAIN_BYTES_LIMIT, MemoryBounds, careful_split_chain
+
+SPLIT_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
+PACKED_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("id", "<u2"), ("flags", "<u2")])
+MAX_STEPS = 64  # longer chains go to the careful walker
+MIN_BATCH = 16  # below this many chains the scalar walker is quicker
+
+_new_desc = tuple.__new__
+
+
+class _TableRows:
+    """Lazy descriptors read from a numpy copy of the table: the entries at ``indices``."""
+
+    __slots__ = ("indices", "packed", "table")
+
+    def __init__(self, table: np.ndarray, indices: list[int], packed: bool) -> None:
+        self.table, self.indices, self.packed = table, indices, packed
+
+    @property
+    def ring_len(self) -> int:
+        return len(self.indices)
+
+    def materialize(self) -> list[Descriptor]:
+        rows = self.table[self.indices].tolist()
+        if self.packed:
+            return [_new_desc(Descriptor, (r[0], r[1], r[3], i, 0, r[2], False))
+                    for r, i in zip(rows, self.indices, strict=True)]
+        return [_new_desc(Descriptor, (r[0], r[1], r[2], i, r[3], 0, False))
+                for r, i in zip(rows, self.indices, strict=True)]
+
+
+def _in_bounds(addr: np.ndarray, length: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per descriptor: the buffer is empty or inside [lo, hi) (no uint64 overflow)."""
+    span = np.uint64(hi) - addr  # wraps where addr > hi, masked by the first test
+    return (length == 0) | ((addr >= np.uint64(lo)) & (addr <= np.uint64(hi)) & (length.astype(np.uint64) <= span))
+
+
+def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
+                     table: memoryview | bytes, bounds: MemoryBounds) -> list[Chain]:
+    """The chains of ``heads``, made available at free-running indices ``first_idx`` on, in order.
+
+    The checks are done once per table entry, with numpy: an entry is bad when it is
+    INDIRECT, outside memory, links outside the table, or is writable and links to a
+    readable one (2.7.4.2). Python then only follows the links; a chain that touches a
+    bad entry, or runs longer than ``MAX_STEPS`` (a loop does), is walked carefully.
+    """
+    size, queue = config.size, config.index
+    single = bounds.single()
+    if single is None:
+        return [careful_split_chain(config, memory, h, avail_idx=(first_idx + k) & 0xFFFF, table=table,
+                                    bounds=bounds) for k, h in enumerate(heads)]
+    lo, hi = single
+    rows = np.frombuffer(bytes(table), dtype=SPLIT_DTYPE, count=size)  # a copy: later ring writes do not show
+    flags, nxt, length = rows["flags"], rows["next"], rows["len"]
+    has_next = (flags & VIRTQ_DESC_F_NEXT) != 0
+    write = (flags & VIRTQ_DESC_F_WRITE) != 0
+    links = np.where(nxt < size, nxt, 0)
+    bad = ((flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(rows["addr"], length, lo, hi)
+    bad |= has_next & ((nxt >= size) | (write & ~write[links]))
+    next_list, more = links.tolist(), has_next.tolist()
+    limit = min(MAX_STEPS, size)
+    walked: list[int] = []
+    starts: list[int] = []
+    too_long: list[bool] = []
+    append = walked.append
+    for head in heads:
+        starts.append(len(walked))
+        if head >= size:
+            append(0)
+            too_long.append(True)
+            continue
+        i, n = head, 1
+        append(i)
+        while more[i]:
+            i = next_list[i]
+            append(i)
+            n += 1
+            if n > limit:
+                break
+        too_long.append(n > limit)
+    index = np.asarray(walked, dtype=np.int64)
+    length64 = length.astype(np.uint64)
+    readable = np.add.reduceat(np.where(write, 0, length64)[index], starts).tolist()
+    writable = np.add.reduceat(np.where(write, length64, 0)[index], starts).tolist()
+    flagged = np.logical_or.reduceat(bad[index], starts).tolist()
+    ends = [*starts[1:], len(walked)]
+    chains = []
+    lazy = Chain.lazy
+    for k, head in enumerate(heads):
+        avail_idx = (first_idx + k) & 0xFFFF
+        if flagged[k] or too_long[k] or readable[k] + writable[k] > CHAIN_BYTES_LIMIT:
+            chains.append(careful_split_chain(config, memory, head, avail_idx=avail_idx, table=table,
+                                              bounds=bounds))
+        else:
+            chains.append(lazy(queue, head, avail_idx, _TableRows(rows, walked[starts[k]:ends[k]], False),
+                               readable[k], writable[k]))
+    return chains
+
+
+def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool, ring: memoryview | bytes,
+                      bounds: MemoryBounds) -> list[Chain]:
+    """The complete lists made available from ``slot`` (wrap counter ``wrap``) on, in ring order.
+
+    Stops before the first slot not available, and before the first list that needs a
+    careful walk (which the caller then does, one list at a time).
+    """
+    size, queue = config.size, config.index
+    single = bounds.single()
+    if single is None:
+        return []
+    lo, hi = single
+    rows = np.frombuffer(bytes(ring), dtype=PACKED_DTYPE, count=size)
+    order = (np.arange(size) + slot) % size
+    lap = np.arange(size) + slot >= size  # positions past the ring end: the other wrap counter
+    flags = rows["flags"][order]
+    expect = np.where(lap, not wrap, wrap)
+    avail_bit = (flags & VIRTQ_DESC_F_AVAIL) != 0
+    used_bit = (flags & VIRTQ_DESC_F_USED) != 0
+    available = (avail_bit == expect) & (used_bit != expect)
+    stop = int(np.argmin(available)) if not available.all() else size
+    if stop == 0:
+        return []
+    flags = flags[:stop]
+    ends = np.flatnonzero((flags & VIRTQ_DESC_F_NEXT) == 0)
+    if not len(ends):
+        return []
+    ends = ends.tolist()
+    starts = [0, *[e + 1 for e in ends[:-1]]]
+    positions = order[:stop]
+    length = rows["len"][positions]
+    write = (flags & VIRTQ_DESC_F_WRITE) != 0
+    bad = ((flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(rows["addr"][positions], length, lo, hi)
+    # readable after writable inside a list: a write seen earlier in the same list
+    seg = np.zeros(stop, dtype=np.int64)
+    seg[[e + 1 for e in ends[:-1]]] = 1
+    seg = np.cumsum(seg)
+    writes_before = np.cumsum(write) - write
+    first_of_seg = np.asarray(starts, dtype=np.int64)
+    writes_before_seg = writes_before[first_of_seg][seg]
+    bad |= ~write & (writes_before - writes_before_seg > 0)
+    length64 = length.astype(np.uint64)
+    w_sum = np.add.reduceat(np.where(write, length64, 0), first_of_seg).tolist()
+    r_sum = np.add.reduceat(np.where(write, 0, length64), first_of_seg).tolist()
+    bad_list = np.logical_or.reduceat(bad, first_of_seg).tolist()
+    ids = rows["id"][positions[ends]].tolist()
+    pos_list = positions.tolist()
+    lap_list = lap[:stop].tolist()
+    chains: list[Chain] = []
+    lazy = Chain.lazy
+    for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        if bad_list[k] or end - start + 1 > size or ids[k] >= size or r_sum[k] + w_sum[k] > CHAIN_BYTES_LIMIT:
+            break
+        first = pos_list[start]
+        chain_wrap = (not wrap) if lap_list[start] else wrap
+        chains.append(lazy(queue, ids[k], first, _TableRows(rows, pos_list[start:end + 1], True), r_sum[k],
+                           w_sum[k], wrap=chain_wrap))
+    return chains
+

@@ -1,0 +1,292 @@
+"""The edge around a sans-io role: AF_UNIX sockets with SCM_RIGHTS, eventfds, a selector.
+
+:class:`Loop` reads each peer's socket exactly as much as the role's framer wants
+(the header, then the payload: ``recvmsg`` never mixes two messages' fds), feeds
+the role, and carries out its commands. A watched eventfd is read and, when the
+Watch says so, forwarded at once, before the role hears of it: notifications
+are never held up by tracing work. The clock (``time.time_ns``) lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..events import Event
+from .codec import recv_with_fds
+from .engine import (
+    Attach,
+    Close,
+    DataReceived,
+    Log,
+    Notified,
+    Notify,
+    Peer,
+    PeerClosed,
+    Record,
+    Send,
+    SessionEnded,
+    Signal,
+    Stop,
+    Tick,
+    Unwatch,
+    Watch,
+)
+
+log = logging.getLogger("vqtrace.vhost")
+
+_READS_PER_WAKEUP = 64
+
+
+@dataclass(slots=True)
+class _Notifier:
+    fd: int
+    kind: Notify
+    queue: int
+    forward_to: int | None
+
+
+@dataclass(slots=True)
+class _PeerSocket:
+    peer: Peer
+    sock: socket.socket
+
+
+class _Wakeup:
+    """A socket pair that wakes the selector from a signal handler or another thread."""
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def poke(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(256):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+class Loop:
+    """Run ``role`` (``handle(event) -> commands``, ``wanted(peer) -> int``) over real fds."""
+
+    def __init__(self, role: Any, *, sink: Callable[[Event], None] | None = None, poll_ms: float | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        self.role = role
+        self.sink = sink
+        self.poll_s = poll_ms / 1000 if poll_ms else None
+        self.log = logger or log
+        self.selector = selectors.DefaultSelector()
+        self.peers: dict[Peer, _PeerSocket] = {}
+        self.watched: dict[int, _Notifier] = {}
+        self.ended: SessionEnded | None = None
+        self._stop_reason: str | None = None
+        self._wakeup = _Wakeup()
+        self.selector.register(self._wakeup.reader, selectors.EVENT_READ, None)
+        self.events_recorded = 0
+        self._queue: deque[object] = deque()
+        self._feeding = False
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def attach(self, peer: Peer, sock: socket.socket) -> None:
+        """Read ``sock`` as ``peer`` (blocking socket: reads use MSG_DONTWAIT, sends block)."""
+        sock.setblocking(True)
+        self._detach(peer)
+        entry = _PeerSocket(peer, sock)
+        self.peers[peer] = entry
+        self.selector.register(sock, selectors.EVENT_READ, entry)
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to end the session (safe from a signal handler or another thread)."""
+        self._stop_reason = reason
+        self._wakeup.poke()
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None) -> SessionEnded:
+        """Serve until the role ends the session (or ``timeout`` seconds pass: then it is stopped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_tick = None if self.poll_s is None else time.monotonic() + self.poll_s
+        select = self.selector.select
+        while self.ended is None:
+            if self._stop_reason is not None:
+                self._feed(Stop(time.time_ns(), self._stop_reason))
+                break
+            wait = None
+            now = time.monotonic()
+            if next_tick is not None:
+                wait = max(0.0, next_tick - now)
+            if deadline is not None:
+                left = deadline - now
+                if left <= 0:
+                    self._feed(Stop(time.time_ns(), f"time limit of {timeout:g} s reached"))
+                    break
+                wait = left if wait is None else min(wait, left)
+            ready = select(wait)
+            notified: list[tuple[_Notifier, int]] = []
+            readable: list[_PeerSocket] = []
+            for key, _ in ready:
+                data = key.data
+                if data.__class__ is _Notifier:
+                    try:
+                        count = os.eventfd_read(data.fd)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        self._unwatch(data.fd)
+                        continue
+                    if data.forward_to is not None:
+                        # Forward at once: the peer waits for nothing vqtrace does.
+                        with contextlib.suppress(OSError):
+                            os.eventfd_write(data.forward_to, 1)
+                    notified.append((data, count))
+                elif data is None:
+                    self._wakeup.drain()
+                else:
+                    readable.append(data)
+            if notified:
+                stamp = time.time_ns()
+                for notifier, count in notified:
+                    if self.watched.get(notifier.fd) is notifier:
+                        self._feed(Notified(notifier.kind, notifier.queue, stamp, count))
+            for entry in readable:
+                if self.ended is None and self.peers.get(entry.peer) is entry:
+                    self._read(entry)
+            if next_tick is not None and time.monotonic() >= next_tick and self.ended is None:
+                next_tick = time.monotonic() + self.poll_s
+                self._feed(Tick(time.time_ns()))
+        assert self.ended is not None
+        return self.ended
+
+    def _read(self, entry: _PeerSocket) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            want = self.role.wanted(entry.peer)
+            try:
+                data, fds, truncated = recv_with_fds(entry.sock, want, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self._feed(PeerClosed(entry.peer, time.time_ns(), err.strerror or str(err)))
+                return
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self._feed(PeerClosed(entry.peer, time.time_ns()))
+                return
+            self._feed(DataReceived(entry.peer, data, list(fds), time.time_ns(), truncated))
+            if self.ended is not None or self.peers.get(entry.peer) is not entry or len(data) < want:
+                return
+
+    def _feed(self, event: object) -> None:
+        """Hand ``event`` to the role and carry out its commands (and those of events they cause)."""
+        self._queue.append(event)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._queue:
+                for command in self.role.handle(self._queue.popleft()):
+                    self._do(command)
+        finally:
+            self._feeding = False
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _do(self, command: object) -> None:
+        kind = command.__class__
+        if kind is Record:
+            if self.sink is not None:
+                self.sink(command.event)
+                self.events_recorded += 1
+        elif kind is Send:
+            self._send(command)
+        elif kind is Signal:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(command.fd, 1)
+        elif kind is Watch:
+            self._watch(command)
+        elif kind is Unwatch:
+            self._unwatch(command.fd)
+        elif kind is Log:
+            self.log.log(command.level, command.text)
+        elif kind is Attach:
+            self.attach(command.peer, socket.socket(fileno=command.fd))
+        elif kind is Close:
+            self._detach(command.peer)
+        elif kind is SessionEnded:
+            self.ended = command
+        else:  # pragma: no cover - a role bug
+            raise TypeError(f"unknown command {command!r}")
+
+    def _send(self, command: Send) -> None:
+        msg = command.message
+        entry = self.peers.get(command.peer)
+        try:
+            if entry is None:
+                raise BrokenPipeError(f"{command.peer} is not connected")
+            raw = msg.raw
+            sent = socket.send_fds(entry.sock, [raw], msg.fds) if msg.fds else entry.sock.send(raw)
+            if sent < len(raw):
+                entry.sock.sendall(raw[sent:])
+        except OSError as err:
+            if entry is not None:
+                self._feed(PeerClosed(command.peer, time.time_ns(), f"cannot send {msg.describe()}: "
+                                      f"{err.strerror or err}"))
+        finally:
+            for fd in msg.fds:
+                if fd not in command.keep:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _watch(self, command: Watch) -> None:
+        notifier = _Notifier(command.fd, command.kind, command.queue, command.forward_to)
+        if command.fd in self.watched:
+            self.selector.modify(command.fd, selectors.EVENT_READ, notifier)
+        else:
+            self.selector.register(command.fd, selectors.EVENT_READ, notifier)
+        self.watched[command.fd] = notifier
+
+    def _unwatch(self, fd: int) -> None:
+        if self.watched.pop(fd, None) is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(fd)
+
+    def _detach(self, peer: Peer) -> None:
+        entry = self.peers.pop(peer, None)
+        if entry is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(entry.sock)
+            entry.sock.close()
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every peer socket and forget every watch (the role closed its own fds)."""
+        for peer in list(self.peers):
+            self._detach(peer)
+        for fd in list(self.watched):
+            self._unwatch(fd)
+        self.selector.close()
+        self._wakeup.close()
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
