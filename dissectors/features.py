@@ -111,8 +111,6 @@ DEVICE_TYPES: dict[int, DeviceType] = {d.id: d for d in (
 DEVICE_IDS: dict[int, str] = {d.id: d.name for d in DEVICE_TYPES.values()}
 #: Numbers below 50 the table does not list (Linux's virtio_ids.h has 37 as VIRTIO_ID_DMABUF).
 UNASSIGNED_DEVICE_IDS: tuple[int, ...] = tuple(n for n in range(50) if n not in DEVICE_TYPES)
-DEVICE_ID_NET = 1
-DEVICE_ID_BLOCK = 2
 
 
 def device_name(device_id: int) -> str:
@@ -516,8 +514,7 @@ DEVICE_RULES: dict[int, tuple[Rule, ...]] = {
         # 5.2.5.2 Device Requirements: Device Initialization
         _needs("VIRTIO_BLK_F_CONFIG_WCE", "VIRTIO_BLK_F_FLUSH", section=f"{VIRTIO}, 5.2.5.2", side="device",
                text="devices MUST offer VIRTIO_BLK_F_FLUSH if they offer VIRTIO_BLK_F_CONFIG_WCE"),
-        Rule("offer", "VIRTIO_BLK_F_FLUSH", section=f"{VIRTIO}, 5.2.5.2", level="SHOULD",
-             text="devices SHOULD always offer VIRTIO_BLK_F_FLUSH", side="device"),
+        Rule("offer", "VIRTIO_BLK_F_FLUSH", section=f"{VIRTIO}, 5.2.5.2", level="SHOULD", side="device"),
         _needs("VIRTIO_BLK_F_ZONED", "VIRTIO_F_VERSION_1", section=f"{VIRTIO}, 5.2.5.2", side="device",
                text="legacy devices MUST NOT offer VIRTIO_BLK_F_ZONED"),
     ),
@@ -615,6 +612,10 @@ class FeatureSpace:
                     short.setdefault(name.upper().rsplit("_F_", 1)[-1], bit)
         for name, bit in short.items():
             self._bits.setdefault(name, bit)
+        if not self.protocol:
+            # QEMU names bit 30 VHOST_USER_F_PROTOCOL_FEATURES even for its emulated devices
+            for bit, meaning in VHOST_FEATURES.items():
+                self._bits.setdefault(meaning.name, bit)
 
     def bit_of(self, name: str) -> int | None:
         """The bit called ``name``: its spec name or an alias, with or without the prefix, any case."""
@@ -774,6 +775,14 @@ def _word_problems(value: int, space: FeatureSpace, side: str) -> list[Problem]:
     return problems
 
 
+LEVELS = ("MUST", "SHOULD", "NOTE")
+
+
+def by_level(problems: list[Problem]) -> list[Problem]:
+    """``problems`` with the MUST ones first, then SHOULD, then NOTE (stable within a level)."""
+    return sorted(problems, key=lambda problem: LEVELS.index(problem.level))
+
+
 def check(value: int, space: FeatureSpace, *, side: str = "word") -> list[Problem]:
     """The rules one feature word breaks.
 
@@ -794,7 +803,7 @@ def check(value: int, space: FeatureSpace, *, side: str = "word") -> list[Proble
         elif side == "driver" and rule.kind == "avoid" and _has(space, value, rule.feature):
             problems.append(Problem(rule.level, f"the {accepter} accepts {label}, which should not be negotiated"
                                     f"{extra}", rule.section, bits, rule))
-    return problems
+    return by_level(problems)
 
 
 @dataclass(frozen=True)
@@ -838,11 +847,17 @@ def compare(offered: int, accepted: int, space: FeatureSpace) -> Negotiation:
             problems.append(Problem("MUST", f"the {subject} accepted {neg.info.name} (bit {neg.info.bit}), which "
                                     f"the {offerer} did not offer", f"{VIRTIO}, 2.2.1" if not space.protocol else
                                     f"{VHOST_USER_DOC}, Communication", (neg.info.bit,)))
-        elif neg.accepted and neg.info.kind == "reserved":
-            problems.append(Problem("MUST" if not space.protocol else "SHOULD",
-                                    f"the {subject} accepted reserved bit {neg.info.bit}, not described in "
-                                    f"{'virtio 1.4' if not space.protocol else 'the vhost-user document'}",
-                                    f"{VIRTIO}, 2.2.1" if not space.protocol else _PROTOCOL, (neg.info.bit,)))
+        elif neg.info.kind == "reserved":
+            document = "the vhost-user document" if space.protocol else "virtio 1.4"
+            if neg.accepted:
+                problems.append(Problem("SHOULD" if space.protocol else "MUST",
+                                        f"the {subject} accepted reserved bit {neg.info.bit}, not described in "
+                                        f"{document}", _PROTOCOL if space.protocol else f"{VIRTIO}, 2.2.1",
+                                        (neg.info.bit,)))
+            else:
+                problems.append(Problem("NOTE", f"the {offerer} offers bit {neg.info.bit}, which {document} does "
+                                        "not describe (a later version's feature, or a bug)",
+                                        _PROTOCOL if space.protocol else f"{VIRTIO}, 2.2.2", (neg.info.bit,)))
     legacy = not _has(space, accepted, "VIRTIO_F_VERSION_1") and not space.protocol
     for rule in space.rules:
         if (rule.kind == "accept" and (legacy or not rule.legacy_only) and _has(space, offered, rule.feature)
@@ -850,4 +865,4 @@ def compare(offered: int, accepted: int, space: FeatureSpace) -> Negotiation:
             problems.append(Problem(rule.level, f"the {subject} refused {_label(space, rule.feature)}, which "
                                     f"the {offerer} offered" + (f": {rule.text}" if rule.text else ""),
                                     rule.section, (space.bit_of(rule.feature) or 0,), rule))
-    return Negotiation(offered, accepted, bits, problems)
+    return Negotiation(offered, accepted, bits, by_level(problems))

@@ -11,11 +11,23 @@ from __future__ import annotations
 import importlib
 import io
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from construct import Construct, ConstructError, StreamError
+from construct import (
+    Adapter,
+    Array,
+    Computed,
+    Construct,
+    ConstructError,
+    FormatField,
+    IfThenElse,
+    Renamed,
+    StreamError,
+    Struct,
+)
 
 from .errors import DissectError
 from .tree import Field
@@ -61,6 +73,19 @@ class _StrictStream(io.BytesIO):
         return data
 
 
+def _reads_only_integers(con: Construct) -> bool:
+    """Whether parsing ``con`` reads nothing but fixed-size integers (no bytes, no greedy range)."""
+    if isinstance(con, FormatField | Computed):
+        return True
+    if isinstance(con, Struct):
+        return all(_reads_only_integers(sub) for sub in con.subcons)
+    if isinstance(con, IfThenElse):
+        return _reads_only_integers(con.thensubcon) and _reads_only_integers(con.elsesubcon)
+    if isinstance(con, Renamed | Adapter | Array):  # Enum, Hex, Bitmask, Address...; Array of integers
+        return _reads_only_integers(con.subcon)
+    return False
+
+
 @dataclass
 class Layer:
     """One layout: ``name`` for the CLI, ``prefix`` for its field abbreviations."""
@@ -72,6 +97,7 @@ class Layer:
     prefix: str = ""
     summary: Callable[[Field], str] | None = None  # one-line info for `show`
     _compiled: Any = field(default=None, repr=False)
+    _plain: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.prefix = self.prefix or self.name
@@ -88,13 +114,16 @@ class Layer:
                 self._compiled = self.struct.compile()
             except Exception:
                 self._compiled = self.struct
-        stream = _StrictStream(bytes(data))
+            self._plain = _reads_only_integers(self.struct)
+        # Integer fields fail loudly on short data (struct.error); only layouts with byte
+        # strings or greedy ranges need the strict stream, which costs a Python call per read.
+        stream = io.BytesIO(bytes(data)) if self._plain else _StrictStream(bytes(data))
         try:
             values = self._compiled.parse_stream(stream, **(params or {}))
         except (ConstructError, struct.error, ValueError, KeyError, TypeError, IndexError) as err:
             raise DissectError(self.name, 0, f"{type(err).__name__}: {err}") from None
-        end = stream.tell()
-        if stream.short_read and end < stream.size:
+        if isinstance(stream, _StrictStream) and stream.short_read and stream.tell() < stream.size:
+            end = stream.tell()
             raise DissectError(self.name, end, f"truncated: {stream.size - end} trailing bytes are not a whole entry")
         return values
 
@@ -114,6 +143,7 @@ class Layer:
 
 
 _LAYERS: dict[str, Layer] = {}
+_ORIGIN: dict[str, str] = {}  # layer name -> the module that registered it
 _loaded = False
 
 
@@ -122,6 +152,7 @@ def register(layer: Layer) -> Layer:
     if layer.name in _LAYERS and _LAYERS[layer.name] is not layer:
         raise ValueError(f"layer {layer.name} registered twice")
     _LAYERS[layer.name] = layer
+    _ORIGIN.setdefault(layer.name, sys._getframe(1).f_globals.get("__name__", ""))
     return layer
 
 
@@ -139,9 +170,13 @@ def _load_all() -> None:
 
 
 def all_layers() -> list[Layer]:
-    """Every registered layer, in registration order."""
+    """Every registered layer: by module in LAYER_MODULES order, then in registration order.
+
+    The order does not depend on which layout module something imported first.
+    """
     _load_all()
-    return list(_LAYERS.values())
+    rank = {f"{__package__}.{module}": index for index, module in enumerate(LAYER_MODULES)}
+    return sorted(_LAYERS.values(), key=lambda layer: rank.get(_ORIGIN.get(layer.name, ""), len(rank)))
 
 
 def get_layer(name: str) -> Layer:

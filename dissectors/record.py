@@ -100,6 +100,7 @@ ANOMALY_HAS_ID = 1
 ANOMALY_HAS_ADDRESS = 2
 
 NO_QUEUE = 0xFFFF
+TAIL_SIZE = 16  # how many last written bytes a record keeps when a snap length cuts the written bytes
 
 #: struct formats of the fixed parts, for the writer's hot loop (tests hold them equal to the layout).
 HEADER = struct.Struct("<BBBBHHHBBBxxxQQHHxxxx")
@@ -140,6 +141,10 @@ def no_anomaly_id(ctx: Any) -> bool:
 
 def no_anomaly_address(ctx: Any) -> bool:
     return not ctx.flags & ANOMALY_HAS_ADDRESS
+
+
+def has_written_tail(ctx: Any) -> bool:
+    return ctx.tail_size > 0
 
 
 def has_hdr_extra(ctx: Any) -> bool:
@@ -203,6 +208,9 @@ _CHAIN = (
     "readable" / Bytes(this.readable_size) * "Readable bytes",
     "written_size" / le32 * "Written bytes recorded",
     "written" / Bytes(this.written_size) * "Written bytes",
+    # when a snap length cut the written bytes: their last ones (a blk status byte closes the part)
+    "tail_size" / le32 * "Written tail recorded",
+    "written_tail" / If(has_written_tail, Bytes(this.tail_size)) * "Last written bytes",
 )
 avail_body = Struct(*_CHAIN)
 # USED: the used element (virtio 1.4, 2.7.8 / 2.8.21), then the chain it completed

@@ -75,6 +75,7 @@ def test_sizes_agree():
 # -- random tables: fast walkers == careful walkers ------------------------------------------------------
 
 MEM_BASE, MEM_SIZE = 0x10000, 0x10000
+INDIRECT_AT = MEM_BASE + 0x4000
 ADDRS = st.one_of(st.integers(MEM_BASE, MEM_BASE + MEM_SIZE), st.integers(0, (1 << 64) - 1),
                   st.sampled_from([0, MEM_BASE + MEM_SIZE - 8, (1 << 64) - 1]))
 LENS = st.one_of(st.integers(0, 64), st.integers(0, (1 << 32) - 1), st.sampled_from([16, 32, 48, 17]))
@@ -97,8 +98,17 @@ def split_tables(draw):
             flags = (2 if write else 0) | (1 if k + 1 < size and draw(st.booleans()) else 0)
             good.append((MEM_BASE + 64 * k, draw(st.integers(0, 64)), flags, (k + 1) % size))
         rows = [draw(st.sampled_from([g, r])) for g, r in zip(good, rows, strict=True)]
+    # some descriptors point to an indirect table at INDIRECT_AT (rows drawn the same way)
+    entries = draw(st.integers(1, 6))
+    table = draw(_desc_rows(entries, st.integers(0, entries)))
+    if draw(st.booleans()):
+        table = [(MEM_BASE + 32 * k, draw(st.integers(0, 32)), (1 if k + 1 < entries else 0)
+                  | (2 if draw(st.booleans()) and k >= entries // 2 else 0), k + 1) for k in range(entries)]
+    for k in draw(st.lists(st.integers(0, size - 1), max_size=3)):
+        rows[k] = (INDIRECT_AT, draw(st.sampled_from([16 * entries, 16 * entries, 0, 17, 16 * (entries + 1)])),
+                   draw(st.sampled_from([4, 4, 5, 6])), rows[k][3])
     heads = draw(st.lists(st.integers(0, size + 2), min_size=1, max_size=40))
-    return size, rows, heads
+    return size, rows, heads, b"".join(DESC_STRUCT.pack(*row) for row in table)
 
 
 def _memory_with(table: bytes, extra_indirect: bytes = b"") -> tuple[GuestMemory, int]:
@@ -108,7 +118,7 @@ def _memory_with(table: bytes, extra_indirect: bytes = b"") -> tuple[GuestMemory
     desc = MEM_BASE + 0x8000
     memory.write(desc, table)
     if extra_indirect:
-        memory.write(MEM_BASE + 0x40, extra_indirect[:0x1000])
+        memory.write(INDIRECT_AT, extra_indirect[:0x1000])
     return memory, desc
 
 
@@ -119,11 +129,11 @@ def _same(a, b) -> None:
 
 
 @FAST
-@given(split_tables(), st.binary(max_size=256))
-def test_split_fast_and_batch_walks_equal_the_careful_walk(case, indirect):
-    size, rows, heads = case
+@given(split_tables(), st.binary(max_size=64))
+def test_split_fast_and_batch_walks_equal_the_careful_walk(case, noise):
+    size, rows, heads, indirect = case
     table = b"".join(DESC_STRUCT.pack(*row) for row in rows)
-    memory, desc = _memory_with(table, indirect)
+    memory, desc = _memory_with(table, noise + indirect[len(noise):] if noise else indirect)
     config = QueueConfig(0, size, desc, desc + 0x1000, desc + 0x2000, features=1 << VIRTIO_F_INDIRECT_DESC)
     bounds = MemoryBounds(memory)
     view = memory.view(desc, 16 * size)
@@ -149,18 +159,22 @@ def packed_rings(draw):
             if keep == 0:
                 fixed.append((addr, length, draw(st.integers(0, size)), flags))
             else:
-                bits = draw(st.sampled_from([0, 1, 2, 3]))
-                fixed.append((MEM_BASE + 64 * k, draw(st.integers(0, 64)), draw(st.integers(0, size - 1)),
-                              bits | (stamp if keep > 1 else other)))
+                bits = draw(st.sampled_from([0, 1, 2, 3, 4, 4]))
+                addr, length = MEM_BASE + 64 * k, draw(st.integers(0, 64))
+                if bits == 4:  # an indirect table at INDIRECT_AT
+                    addr, length = INDIRECT_AT, draw(st.sampled_from([16, 32, 48, 0, 20]))
+                fixed.append((addr, length, draw(st.integers(0, size - 1)), bits | (stamp if keep > 1 else other)))
         rows = fixed
     slot = draw(st.integers(0, size - 1))
-    return size, rows, slot, wrap
+    entries = [(MEM_BASE + 32 * j, draw(st.integers(0, 32)), 0, draw(st.sampled_from([0, 0, 2, 2, 1, 4])))
+               for j in range(3)]
+    return size, rows, slot, wrap, b"".join(PACKED_DESC_STRUCT.pack(*e) for e in entries)
 
 
 @FAST
-@given(packed_rings(), st.binary(max_size=256))
-def test_packed_fast_and_batch_walks_equal_the_careful_walk(case, indirect):
-    size, rows, slot, wrap = case
+@given(packed_rings())
+def test_packed_fast_and_batch_walks_equal_the_careful_walk(case):
+    size, rows, slot, wrap, indirect = case
     ring = b"".join(PACKED_DESC_STRUCT.pack(*row) for row in rows)
     memory, desc = _memory_with(ring, indirect)
     config = QueueConfig(0, size, desc, desc + 0x1000, desc + 0x2000, Layout.PACKED, 1 << VIRTIO_F_INDIRECT_DESC)
@@ -193,6 +207,39 @@ def test_lazy_descriptors_are_a_snapshot_of_the_table():
     for chain in (scalar, batch):
         assert [d.len for d in chain.descriptors] == [8, 8, 8, 8]
         assert [d.index for d in chain.descriptors] == [0, 1, 2, 3]
+
+
+def test_indirect_chains_take_the_fast_path():
+    memory, desc = _memory_with(b"".join(DESC_STRUCT.pack(INDIRECT_AT, 48, 4, 0) for _ in range(8)),
+                                b"".join(DESC_STRUCT.pack(MEM_BASE + 64 * k, 10, (1 if k < 2 else 2), k + 1)
+                                         for k in range(3)))
+    config = QueueConfig(0, 8, desc, desc + 0x1000, desc + 0x2000, features=1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    chain = walk_split_chain(config, memory, 3, table=memory.view(desc, 128), bounds=bounds)
+    assert chain._lazy is not None and chain.ring_len == 1  # lazy: the fast path took it
+    assert (chain.readable_len, chain.writable_len) == (20, 10)
+    _same(chain, careful_split_chain(config, memory, 3, bounds=bounds))
+    assert [d.in_indirect for d in chain.descriptors] == [False, True, True, True]
+
+
+def test_batches_of_linux_style_indirect_tables():
+    """Tables linked 0 -> 1 -> ... are checked together; any other table is walked one by one, same result."""
+    table = b"".join(DESC_STRUCT.pack(MEM_BASE + 64 * k, 10 + k, (1 if k < 3 else 0) | (2 if k > 1 else 0), k + 1)
+                     for k in range(4))
+    odd = table[:16] + DESC_STRUCT.pack(MEM_BASE, 5, 0, 0) + table[32:]  # ends after 2 of its 4 entries
+    memory, desc = _memory_with(b"".join(DESC_STRUCT.pack(INDIRECT_AT + 64 * (k % 4), 64, 4, 0) for k in range(32)))
+    for k in range(4):
+        memory.write(INDIRECT_AT + 64 * k, odd if k == 3 else table)
+    config = QueueConfig(0, 32, desc, desc + 0x1000, desc + 0x2000, features=1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    view = memory.view(desc, 512)
+    heads = list(range(32))
+    chains = walk_split_batch(config, memory, heads, 0, view, bounds)
+    kinds = {type(c._lazy).__name__ for k, c in enumerate(chains) if k % 4 != 3}
+    assert kinds == {"_IndirectRows"}
+    for k, chain in enumerate(chains):
+        _same(chain, careful_split_chain(config, memory, k, avail_idx=k, bounds=bounds))
+        assert chain.ring_len == 1 and len(chain.buffers) == (2 if k % 4 == 3 else 4)
 
 
 def test_struct_formats_are_little_endian():

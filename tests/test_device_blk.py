@@ -256,3 +256,17 @@ def test_blk_offer_keeps_the_dependency_rules():
     space = features.feature_space(device.device_id)
     assert [p for p in features.check(BlkDevice(size=1 << 20).offered_features, space, side="device")
             if p.level == "MUST"] == []
+
+
+def test_image_error_is_ioerr(tmp_path):
+    import os
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(8192))
+    device = BlkDevice(str(image))
+    with DeviceBench(device) as bench:
+        os.close(device.backend.fd)  # the image goes away under the device: EBADF on every access
+        used = bench.request(0, [hdr(IN, 0)], [512, 1])
+        assert used.written[-1] == VIRTIO_BLK_S_IOERR and used.len == 513
+        assert bench.anomalies()[-1].code == "BLK_BACKEND_ERROR"
+        device.backend.fd = -1

@@ -6,8 +6,8 @@ import struct
 import subprocess
 
 import pytest
-from conftest import require_tool
 
+from conftest import require_tool
 from vqtrace.devices.bench import DeviceBench
 from vqtrace.devices.net import (
     HDR_FIELDS,
@@ -84,7 +84,7 @@ def test_transmit_header_and_frame_split_over_descriptors(bench):
 def test_receive_fills_a_held_buffer(bench):
     bench.add(RX, writable=[2048])  # the device holds it
     assert bench.used(RX) == []
-    assert bench.device.state()["rx_buffers_held"] == {"0": 1}
+    assert bench.device.state()["held"] == {"0": 1}
     activity = bench.device.receive(frame(payload=b"ping"))
     assert activity.notify == {RX}
     (used,) = bench.used(RX)
@@ -332,3 +332,18 @@ def test_rx_buffer_too_small_or_readable(bench):
     assert bench.anomalies("NET_RX_READABLE")
     bench.device.receive(frame())
     assert len(bench.used(RX)) == 1
+
+
+def test_oversized_transmit_is_dropped(bench):
+    assert bench.request(TX, [HDR12, bytes(70000)]).len == 0
+    assert bench.anomalies()[-1].code == "NET_OVERSIZED" and bench.frames == []
+    assert bench.device.counters["tx_drops"] == 1
+
+
+def test_a_failing_sink_is_reported_not_raised(tmp_path):
+    sink = PcapngSink(tmp_path / "closed.pcapng")
+    sink.close()
+    with DeviceBench(NetDevice(sink=sink)) as bench:
+        assert bench.request(TX, [HDR12 + frame()]).len == 0
+        assert bench.anomalies()[-1].code == "NET_SINK_ERROR"
+        assert bench.device.counters["tx_packets"] == 1

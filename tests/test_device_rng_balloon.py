@@ -13,7 +13,6 @@ from vqtrace.dissectors import balloon as layout
 from vqtrace.dissectors.layers import get_layer
 from vqtrace.model import Layout
 
-
 # -- rng --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ring", [Layout.SPLIT, Layout.PACKED], ids=["split", "packed"])

@@ -51,7 +51,7 @@ def test_header_structs_equal_the_layers():
     assert (attr, prio, crn) == (int(parsed.task_attr), parsed.prio, parsed.crn)
     resp = CMD_RESP_HDR.pack(18, 7, 0, 2, 0) + bytes(96)
     values = get_layer("virtio_scsi.cmd_resp").parse(resp)
-    assert (values.sense_len, values.residual, values.status, values.response) == (18, 7, 2, 0)
+    assert (values.sense_len, values.residual, int(values.status), int(values.response)) == (18, 7, 2, 0)
     assert CMD_RESP_HDR.size == layout.CMD_RESP_HDR_SIZE and CMD_REQ_HDR.size == layout.CMD_REQ_HDR_SIZE
     event = EVENT.pack(1, layout.lun_bytes(0, 4), 2)
     parsed_event = get_layer("virtio_scsi.event").parse(event)
@@ -108,7 +108,7 @@ def test_vpd_pages(bench):
     assert ident[8:16] == b"VQTRACE "
     naa_at = 8 + ident[7]
     assert ident[naa_at:naa_at + 4] == bytes([0x01, 0x03, 0x00, 8]) and ident[naa_at + 4] >> 4 == 3
-    (sense_len, _, status, _, sense, _), _ = run(bench, bytes([0x12, 1, 0xB0, 0, 255, 0]), datain=255)
+    (_sense_len, _, status, _, sense, _), _ = run(bench, bytes([0x12, 1, 0xB0, 0, 255, 0]), datain=255)
     assert status == CHECK_CONDITION and sense[2] == 0x05 and sense[12:14] == bytes([0x24, 0x00])
 
 
@@ -135,7 +135,7 @@ def test_sense_data_for_a_bad_lba_byte_by_byte(bench):
 
 
 def test_unknown_opcode_is_illegal_request(bench):
-    (sense_len, _, status, resp, sense, _), _ = run(bench, bytes([0xC7, 0, 0, 0, 0, 0]))
+    (_sense_len, _, status, resp, sense, _), _ = run(bench, bytes([0xC7, 0, 0, 0, 0, 0]))
     assert (status, resp) == (CHECK_CONDITION, OK)
     assert sense[2] & 0x0F == 0x05 and (sense[12], sense[13]) == (0x20, 0x00)
 
@@ -310,3 +310,33 @@ def test_short_request_and_missing_response(bench):
 def test_request_in_writable_buffers_only(bench):
     used = bench.request(REQQ, [], [RESP + 64])
     assert response(used.written)[3] == FAILURE
+
+
+def test_cdb_longer_than_cdb_size():
+    device = ScsiDevice()
+    device.write_config(24, struct.pack("<I", 6))  # the driver shrinks cdb_size (5.6.4)
+    with DeviceBench(device) as bench:
+        read10 = bytes([0x28, 0, 0, 0, 0, 0])  # the first 6 bytes of a READ(10)
+        raw = CMD_REQ_HDR.pack(layout.lun_bytes(0, 0), 1, 0, 0, 0) + read10
+        used = bench.request(REQQ, [raw], [RESP, 512])
+        _sense_len, _, status, resp, sense, _ = response(used.written)
+        assert (status, resp) == (CHECK_CONDITION, OK) and sense[12] == 0x24
+        raw = CMD_REQ_HDR.pack(layout.lun_bytes(0, 0), 2, 0, 0, 0) + bytes([0x12, 0, 0, 0, 36, 0])
+        used = bench.request(REQQ, [raw], [RESP, 36])
+        assert response(used.written)[2] == 0 and used.written[RESP:RESP + 8] == bytes([0, 0, 6, 0x12, 31, 0, 0, 2])
+
+
+def test_image_error_is_a_medium_error(tmp_path):
+    import os
+
+    from vqtrace.devices.backend import FileBackend
+
+    image = tmp_path / "lun.img"
+    image.write_bytes(bytes(8192))
+    backend = FileBackend(image)
+    with DeviceBench(ScsiDevice(luns={(0, 0): backend})) as bench:
+        os.close(backend.fd)
+        read = bytes([0x28, 0]) + struct.pack(">I", 0) + b"\0" + struct.pack(">H", 1) + b"\0"
+        (_, _, status, resp, sense, _), _ = run(bench, read, datain=512)
+        assert (status, resp) == (CHECK_CONDITION, OK) and sense[2] == 0x03 and sense[12] == 0x11
+        backend.fd = -1

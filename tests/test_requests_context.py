@@ -108,3 +108,18 @@ def test_unknown_device_and_missing_queue_show_raw_bytes():
     assert [p.code for p in missing.problems] == ["NO_QUEUE"]
     assert "5.10.2" in missing.problems[0].section
     assert missing.trees[0].find("data.data").value == b"abc"
+
+
+def test_role_given_by_the_caller():
+    """A trace record stores the role: it overrides the numbering (here max_virtqueue_pairs is unknown)."""
+    ctx = QueueContext("net", 6, VERSION_1 | NET_MQ | NET_CTRL_VQ)
+    req = decode_request(ctx, bytes([0, 0, 1]), b"\0", 1, role="CONTROL")
+    assert req.role.kind == "controlq" and req.summary == "net ctrl RX PROMISC on=1 -> OK" and req.problems == []
+    rx = decode_request(QueueContext("net", 6), b"", writable_lens=[1526], role="receiveq")
+    assert rx.role.kind == "receiveq" and rx.role.number == 4
+    port = decode_request(QueueContext("console", 7, CONSOLE_MULTIPORT), b"hi", role="TX")
+    assert port.summary == "console TX port2 2 bytes 'hi'"
+    balloon = decode_request(QueueContext("balloon", 2), b"\0" * 10, role="STATS")
+    assert balloon.role.kind == "statsq" and balloon.summary.startswith("balloon stats")
+    odd = decode_request(QueueContext("blk", 0), b"abc", role="EVENT")
+    assert odd.role.kind == "unknown" and odd.fields()["data.data"] == b"abc"

@@ -26,6 +26,7 @@ from vqtrace.requests import (
     join_rx_buffers,
     request_fields,
 )
+from vqtrace.requests.ethernet import HIDDEN_FIELDS
 
 VERSION_1 = 1 << 32
 MRG_RXBUF = 1 << 15
@@ -36,6 +37,10 @@ TX = QueueContext("net", 1, VERSION_1)
 RX = QueueContext("net", 0, VERSION_1)
 RX_MRG = QueueContext("net", 0, VERSION_1 | MRG_RXBUF)
 CTRL = QueueContext("net", 2, VERSION_1 | CTRL_VQ)
+
+
+def E(**kw):  # an Ether layer between the two test MACs
+    return Ether(src=HOST_MAC, dst=GUEST_MAC, **kw)
 
 
 def hdr(flags=0, gso=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0, num_buffers=0):
@@ -101,7 +106,7 @@ def test_header_size_follows_the_features(features, size):
 
 
 def test_tx_gso_and_checksum_offload_shown():
-    frame = bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP() / TCP(flags="PA") / (b"x" * 3000))
+    frame = bytes(E() / IP() / TCP(flags="PA") / (b"x" * 3000))
     req = decode_request(TX, hdr(flags=1, gso=1, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16) + frame)
     assert req.summary.endswith(" gso=TCPV4/1448")
     assert req.info["gso_size"] == 1448 and req.fields()["virtio_net.flags.needs_csum"] is True
@@ -181,7 +186,7 @@ def test_rx_assembler_joins_merged_buffers():
 
 
 def test_join_rx_buffers_checks_num_buffers():
-    frame, payload, buffers = merged_packet()
+    _, _, buffers = merged_packet()
     joined = join_rx_buffers(RX_MRG, buffers[:2])
     assert codes(joined) == ["NUM_BUFFERS"] and "(2 buffers)" in joined.summary
     with pytest.raises(ValueError):
@@ -238,14 +243,14 @@ def test_frame_summaries():
     assert frame_summary(vlan) == f"{GUEST_MAC} > {HOST_MAC} VLAN 7 IPv4 1.1.1.1 > 2.2.2.2 UDP 1 > 2"
     ping6 = bytes(Ether(src=GUEST_MAC, dst=HOST_MAC) / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6EchoRequest())
     assert frame_summary(ping6).endswith("IPv6 fe80::1 > ff02::1 ICMPv6 echo-request")
-    hop = bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IPv6(src="::1", dst="::2") / IPv6ExtHdrHopByHop() / TCP(sport=7, dport=8, flags="FA"))
+    hop = bytes(E() / IPv6(src="::1", dst="::2") / IPv6ExtHdrHopByHop() / TCP(sport=7, dport=8, flags="FA"))
     assert frame_summary(hop).endswith("IPv6 ::1 > ::2 TCP 7 > 8 [FIN, ACK]")
-    frag = bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP() / (b"x" * 20))
+    frag = bytes(E() / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP() / (b"x" * 20))
     assert frame_summary(frag).endswith("IPv4 1.1.1.1 > 2.2.2.2 UDP fragment")
-    assert frame_summary(bytes(Ether(src=HOST_MAC, dst=GUEST_MAC, type=0x88CC) / b"lldp")).endswith(" LLDP")
-    assert frame_summary(bytes(Ether(src=HOST_MAC, dst=GUEST_MAC, type=0x1234) / b"x")).endswith(" type=0x1234")
+    assert frame_summary(bytes(E(type=0x88CC) / b"lldp")).endswith(" LLDP")
+    assert frame_summary(bytes(E(type=0x1234) / b"x")).endswith(" type=0x1234")
     assert " 802.3 len=" in frame_summary(bytes(Dot3() / LLC() / b"abc"))
-    ping = bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="1.1.1.1", dst="2.2.2.2") / ICMP(type=8))
+    ping = bytes(E() / IP(src="1.1.1.1", dst="2.2.2.2") / ICMP(type=8))
     assert frame_summary(ping).endswith("ICMP echo-request")
 
 
@@ -264,12 +269,13 @@ def test_frame_trees_offsets_and_truncation():
 def test_ethernet_fields_are_in_the_filter_catalog():
     catalog = FieldCatalog.default().extended(request_fields())
     req = decode_request(TX, hdr() + tcp_syn())
-    event = {}
-    for node in (n for tree in req.trees for n in tree.walk() if n.value is not None):
-        event.setdefault(node.abbrev, []).append(node.value)
+    event = req.filter_values()
     assert compile_filter('ip.src == "10.0.0.1" and tcp.flags.syn == 1', catalog).matches(event)
     assert compile_filter("tcp.dstport == 80 && eth.type == 0x0800", catalog).matches(event)
-    assert not compile_filter("udp", catalog).matches(event)
+    assert compile_filter('ip.addr == "10.0.0.2" and tcp.port == 40000', catalog).matches(event)
+    assert compile_filter("virtio_net.gso_type == 0 and eth.addr == 52:54:00:12:34:56", catalog).matches(event)
+    assert not compile_filter("udp or udp.port == 80", catalog).matches(event)
+    assert event["tcp.port"] == [40000, 80] and event["ip.addr"] == ["10.0.0.1", "10.0.0.2"]
     declared = {spec.abbrev for spec in ETHERNET_FIELDS}
     assert {n.abbrev for tree in req.trees[1:] for n in tree.walk()} <= declared
 
@@ -312,21 +318,21 @@ WIRESHARK_FRAMES = [
     bytes(Ether(dst=GUEST_MAC, src=HOST_MAC) / ARP(op=2, hwsrc=HOST_MAC, psrc="10.0.0.2", hwdst=GUEST_MAC,
                                                    pdst="10.0.0.1") / (b"\0" * 18)),  # padded to 60
     tcp_syn(),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="192.168.1.5", dst="8.8.8.8", ttl=3, tos=0x10) /
+    bytes(E() / IP(src="192.168.1.5", dst="8.8.8.8", ttl=3, tos=0x10) /
           TCP(sport=33333, dport=44444, flags="PA", seq=7, ack=9, window=512) / b"hello wireshark"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=40000, dport=40001) / b"payload!"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=1234, dport=53) / (b"\x12\x34" * 6)),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="10.0.0.9", dst="10.0.0.10") / ICMP(type=8, id=1, seq=2) / (b"p" * 56)),
+    bytes(E() / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=40000, dport=40001) / b"payload!"),
+    bytes(E() / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=1234, dport=53) / (b"\x12\x34" * 6)),
+    bytes(E() / IP(src="10.0.0.9", dst="10.0.0.10") / ICMP(type=8, id=1, seq=2) / (b"p" * 56)),
     bytes(Ether(src=GUEST_MAC, dst=HOST_MAC) / Dot1Q(vlan=42, prio=5) / IP(src="1.2.3.4", dst="5.6.7.8") /
           UDP(sport=9999, dport=8888) / b"vlan"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6EchoRequest(id=5, seq=6) / b"six"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=5555, dport=6666, flags="A") / b"v6"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() /
+    bytes(E() / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6EchoRequest(id=5, seq=6) / b"six"),
+    bytes(E() / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=5555, dport=6666, flags="A") / b"v6"),
+    bytes(E() / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() /
           UDP(sport=1000, dport=2000) / b"ext"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF", id=77) / UDP(sport=1, dport=2) / (b"f" * 24)),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC) / IP(src="1.1.1.1", dst="2.2.2.2", frag=3, id=77) / (b"g" * 16)),
+    bytes(E() / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF", id=77) / UDP(sport=1, dport=2) / (b"f" * 24)),
+    bytes(E() / IP(src="1.1.1.1", dst="2.2.2.2", frag=3, id=77) / (b"g" * 16)),
     bytes(Dot3(dst=HOST_MAC, src=GUEST_MAC) / LLC() / b"llc data"),
-    bytes(Ether(src=HOST_MAC, dst=GUEST_MAC, type=0x88CC) / (b"\0" * 46)),
+    bytes(E(type=0x88CC) / (b"\0" * 46)),
 ]
 
 
@@ -356,5 +362,16 @@ def test_every_ethernet_field_has_wireshark_value(tmp_path):
                 assert any(_same(node.value, v) for v in theirs[node.abbrev]), \
                     (frame_summary(frame), node.abbrev, node.value, theirs[node.abbrev])
                 compared.add(node.abbrev)
-    declared = {s.abbrev for s in ETHERNET_FIELDS if s.kind != "none"}
-    assert declared <= compared | {"data.data", "data.len"}, declared - compared
+    declared = {s.abbrev for s in ETHERNET_FIELDS if s.kind != "none"} - set(HIDDEN_FIELDS)
+    assert declared <= compared, declared - compared
+
+    # the hidden either-way fields: tshark -T fields prints them, -T json does not
+    names = list(HIDDEN_FIELDS)
+    out = subprocess.run([tshark, "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+                          *(a for n in names for a in ("-e", n))], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.splitlines()
+    for frame, line in zip(WIRESHARK_FRAMES, out, strict=True):
+        mine = decode_request(TX, hdr() + frame).filter_values()
+        for name, column in zip(names, line.split("\t"), strict=True):
+            theirs = column.split(",") if column else []
+            assert [str(v) for v in mine.get(name, [])] == theirs, (frame_summary(frame), name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,7 @@ def lens_of(draw, data: bytes | None):
         return None
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
     bounds = [0, *cuts, len(data)]
-    lens = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    lens = [b - a for a, b in itertools.pairwise(bounds)]
     if draw(st.integers(0, 9)) == 0:
         lens.append(draw(st.integers(0, 600)))
     return lens
@@ -55,7 +56,7 @@ def check(req: DeviceRequest, total: int) -> None:
     assert not [p for p in req.problems if p.code == "INTERNAL"], req.problems
     for tree in trees:
         for node in tree.walk():
-            assert 0 <= node.offset and node.offset + node.length <= total, (node, total)
+            assert node.offset >= 0 and node.offset + node.length <= total, (node, total)
     json.dumps(req.to_json())
     assert req.text()[0] == req.summary
 

@@ -85,7 +85,7 @@ def test_size_over_the_limit_is_rejected_at_the_header():
 
 def test_payload_size_must_fit_the_request():
     framer = Framer("front-end")
-    with pytest.raises(VhostUserError, match="SET_VRING_ADDR.*size is 8"):
+    with pytest.raises(VhostUserError, match=r"SET_VRING_ADDR.*size is 8"):
         framer.feed(vu.pack_message(p.SET_VRING_ADDR, bytes(8)))
 
 

@@ -141,6 +141,22 @@ class Allocator:
                 return addr
         raise GuestMemoryError(f"the allocator has no {size} free bytes aligned to {align} left", address=self.base)
 
+    def reserve(self, addr: int, size: int) -> None:
+        """Take ``[addr, addr + size)`` out of the free space (a ring placed at a chosen address).
+
+        Ranges outside the allocator's are ignored; a range already (partly) taken is an error.
+        """
+        end = addr + max(size, 1)
+        if end <= self.base or addr >= self.base + self.size:
+            return
+        for k, (start, stop) in enumerate(self._free):
+            if start <= addr and end <= stop:
+                pieces = [(s, e) for s, e in ((start, addr), (end, stop)) if e > s]
+                self._free[k:k + 1] = pieces
+                self._used[addr] = end
+                return
+        raise GuestMemoryError(f"cannot reserve {size} bytes: the range is already in use", address=addr)
+
     def free(self, addr: int) -> None:
         """Give back the range that :meth:`alloc` returned at ``addr``."""
         end = self._used.pop(addr, None)
@@ -220,7 +236,10 @@ class DriverQueue:
         if base is None:
             total = packed_layout(size, 0).total if packed else split_layout(size, 0, align).total
             base = allocator.alloc(total, align=max(align, 16) if not packed else 16)
-        ring = packed_layout(size, base) if packed else split_layout(size, base, align)
+            ring = packed_layout(size, base) if packed else split_layout(size, base, align)
+        else:
+            ring = packed_layout(size, base) if packed else split_layout(size, base, align)
+            allocator.reserve(base, ring.total)
         self.layout = ring
         self.config = QueueConfig(index, size, ring.desc, ring.driver, ring.device, layout, features, device_type)
         memory.write(base, bytes(ring.total))  # 2.8.13: the descriptor ring is zero-initialized; 2.7.10.1 flags 0

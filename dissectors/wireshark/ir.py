@@ -222,8 +222,8 @@ class Builder:
             self._memo[(id(con), abbrev, label)] = node  # (a layout never contains itself, but be safe)
             for sub in con.subcons:
                 _, name, subdocs = unwrap_name(sub)
-                if name is None:
-                    node.fields.append((None, self.build(sub, abbrev, "")))
+                if name is None:  # consumed, never shown: no abbreviation (the generator registers no field)
+                    node.fields.append((None, self.build(sub, "", "")))
                 else:
                     node.fields.append((name, self.build(sub, f"{abbrev}.{name}", label_for(name, subdocs))))
             return node

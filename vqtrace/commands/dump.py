@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="with QEMU's status: also the queues the driver never set up")
     analyze.add_argument("--completed", type=_int_arg("--completed"), default=8, metavar="N",
                          help="how many completed requests to show per queue (default 8)")
+    analyze.add_argument("--max-chains", type=_int_arg("--max-chains"), default=12, metavar="N",
+                         help="text output: in-flight chains listed per queue before a summary (0: all)")
     analyze.add_argument("-w", dest="write", metavar="FILE.pcapng", help="also write a trace for 'vqtrace show'")
     status = sub.add_parser("qemu-status", help="collect QEMU's x-query-virtio answers over QMP")
     status.add_argument("--qmp", required=True, metavar="SOCKET", help="QEMU's QMP socket (Unix path or HOST:PORT)")

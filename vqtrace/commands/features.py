@@ -9,9 +9,10 @@ CSUM|GUEST_CSUM|VERSION_1; a single bit needs a trailing comma: 32,).
 Exit status: 0 no rule broken, 1 a MUST rule is broken (or, with --strict, a SHOULD
 rule) or the driver accepted a bit the device never offered, 2 bad usage or input.
 
-Examples:
-  vqtrace features 0x130000083 --device net
-  vqtrace features 0x79000000 --device blk --driver 0x10000004 -T json
+Examples (QEMU 7.2's virtio-net offer, and what Linux 6.1 accepted):
+  vqtrace features 0x10179bf8064 --device net
+  vqtrace features 0x10179bf8064 --device net --driver 0x10130af8024 -T json
+  vqtrace features CSUM,GUEST_TSO4,VERSION_1 --device virtio-net --side driver
   vqtrace features 0x4009 --protocol
   vqtrace features --list --device vsock
 """
@@ -24,7 +25,6 @@ import sys
 from typing import Any
 
 from ..dissectors import features as ft
-from ..dissectors.pci import TRANSITIONAL_DEVICE_IDS, VIRTIO_PCI_DEVICE_ID_BASE
 from ..errors import UsageError
 from ..output import dump_json
 
@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_device(text: str) -> ft.DeviceType:
     """A device type by name, virtio device ID or PCI device ID; UsageError otherwise."""
+    # imported here: importing a layer module registers its layers, and `decode --list`
+    # lists them in the order the registry loads them
+    from ..dissectors.pci import TRANSITIONAL_DEVICE_IDS, VIRTIO_PCI_DEVICE_ID_BASE
+
     device = ft.find_device(text)
     if device is None:
         try:

@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="proxy: how long to retry connecting to the back-end (default 10 s)")
     parser.add_argument("--snaplen", type=int, default=1 << 16, metavar="BYTES",
                         help="bytes of each buffer kept per event (default 65536)")
+    parser.add_argument("--name", metavar="NAME", help="the trace's interface name (default: the socket path)")
     parser.add_argument("--tui", action="store_true", help="watch in the terminal UI")
     parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
 
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     device_type = DEVICE_TYPES[args.device_type] if args.device_type else 0
     options = LiveOptions(socket=args.socket, backend=args.backend, device=device, poll_ms=args.poll,
                           once=args.once, connect_timeout=args.connect_timeout, device_type=device_type,
-                          snaplen=args.snaplen)
+                          snaplen=args.snaplen, name=args.name)
     writer = None
     with contextlib.ExitStack() as stack:
         if args.write:
@@ -139,11 +140,12 @@ def run(args: argparse.Namespace) -> int:
 
             target = sys.stdout.buffer if args.write == "-" else args.write
             writer = stack.enter_context(TraceWriter(target, snaplen=args.snaplen))
-            writer.describe(args.socket, f"vhost-user {'proxy' if args.backend else args.device} at {args.socket}")
-            sink = writer.write
+            writer.describe(args.name or args.socket,
+                            f"vhost-user {'proxy' if args.backend else args.device} at {args.socket}")
+            sink, sink_many = writer.write, writer.write_many
         else:
-            sink = EventPrinter(sys.stdout).write
-        live = Live(options, sink, logger=logger)
+            sink, sink_many = EventPrinter(sys.stdout).write, None
+        live = Live(options, sink, logger=logger, sink_many=sink_many)
         stack.callback(live.close)
         if device is not None and getattr(device, "backend", None) is not None:
             stack.callback(device.backend.close)

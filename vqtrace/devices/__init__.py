@@ -51,10 +51,11 @@ def device_class(name: str) -> type[Device]:
 def create_device(name: str, **options: Any) -> Device:
     """A new ``name`` device; ``options`` are its constructor's keywords (``image=...`` for blk).
 
-    Options the device does not take are a UsageError (one line), not a TypeError.
+    Options given as None are left out (a CLI can pass every flag it has); an option the
+    device does not take is a UsageError (one line), not a TypeError.
     """
     cls = device_class(name)
     try:
-        return cls(**options)
+        return cls(**{key: value for key, value in options.items() if value is not None})
     except TypeError as err:
         raise UsageError(f"{name}: {err}") from None

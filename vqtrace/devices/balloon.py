@@ -45,6 +45,7 @@ class BalloonDevice(Device):
     device_id: ClassVar[int] = 5
     prefix: ClassVar[str] = "virtio_balloon"
     config_struct = layout.virtio_balloon_config
+    config_full_size = layout.BALLOON_CONFIG_SIZE
 
     def __init__(self, *, num_pages: int = 0, stats: bool = True, deflate_on_oom: bool = True,
                  must_tell_host: bool = True, **options: Any) -> None:
@@ -63,7 +64,6 @@ class BalloonDevice(Device):
         self.actual = 0
         self.pfns = ExtentSet()  # after a reset the driver owns every page again
         self.stats: dict[str, int] = {}
-        self.stats_held: Chain | None = None
         self.stats_requested = False
 
     # -- identity, features, configuration --------------------------------------------------------
@@ -111,8 +111,8 @@ class BalloonDevice(Device):
     def request_stats(self) -> Activity:
         """Ask for fresh statistics: use the held statsq buffer (5.5.6.3, step 1)."""
         def work() -> None:
-            if self.stats_held is not None:
-                chain, self.stats_held = self.stats_held, None
+            if self.held[STATSQ]:
+                chain, _ = self.held[STATSQ].popleft()
                 self.complete(STATSQ, chain, 0, "balloon stats request")
             else:
                 self.stats_requested = True  # use the next buffer as soon as it comes
@@ -157,10 +157,10 @@ class BalloonDevice(Device):
         return 0  # 5.5.6: acknowledged by using the buffer
 
     def _stats(self, index: int, chain: Chain, io: ChainIO) -> int | None:
-        if self.stats_held is not None:  # 5.5.6.3.1: at most one buffer available at a time
+        if self.held[STATSQ]:  # 5.5.6.3.1: at most one buffer available at a time
             self._report("BALLOON_STATS_TWO_BUFFERS", "virtio 1.4, 5.5.6.3.1",
                          "a second statsq buffer while the device holds one", queue=index, id=chain.id)
-            old, self.stats_held = self.stats_held, None
+            old, _ = self.held[STATSQ].popleft()
             self.complete(STATSQ, old, 0, "balloon stats buffer replaced")
         length = min(io.readable_len, 4096)
         if length % layout.STAT_SIZE:
@@ -177,7 +177,7 @@ class BalloonDevice(Device):
         if self.stats_requested:
             self.stats_requested = False
             return 0
-        self.stats_held = chain  # 5.5.6.3: retained to initiate the next request
+        self.hold(index, chain, io)  # 5.5.6.3: retained to initiate the next request
         return HELD
 
     # -- state -------------------------------------------------------------------------------------
@@ -190,7 +190,6 @@ class BalloonDevice(Device):
             "pages_held": len(self.pfns),
             "pfns": [list(r) for r in self.pfns.ranges()],
             "stats": dict(self.stats),
-            "stats_buffer_held": self.stats_held is not None,
             "counters": dict(self.counters),
         })
         return state

@@ -17,6 +17,7 @@ returns to the state after construction (2.4).
 from __future__ import annotations
 
 import random
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -123,6 +124,9 @@ class Device:
     prefix: ClassVar[str] = ""
     #: The construct layout of the configuration space (dissectors), None when the device has none.
     config_struct: ClassVar[Construct | None] = None
+    #: Bytes of that layout with every field present: a front-end may read them all (QEMU's
+    #: vhost-user GET_CONFIG asks for the whole struct); they read as zeros past the space.
+    config_full_size: ClassVar[int] = 0
     #: Whether the device uses the buffers of each queue in the order they were made available,
     #: so that it can offer VIRTIO_F_IN_ORDER (2.7.9 / 2.8.8).
     in_order: ClassVar[bool] = False
@@ -140,6 +144,8 @@ class Device:
         self.max_request = max_request
         self.memory: GuestMemory | None = None
         self.queues: dict[int, Queue] = {}
+        #: Chains the device keeps to fill later (receive-style queues), per queue, oldest first.
+        self.held: defaultdict[int, deque[tuple[Chain, ChainIO]]] = defaultdict(deque)
         self.features = 0  # the negotiated features (0 until negotiate())
         self.negotiated = False
         self.status = 0
@@ -207,7 +213,7 @@ class Device:
     def read_config(self, offset: int, size: int) -> bytes:
         """``size`` bytes of the configuration space at ``offset`` (zeros beyond its end)."""
         space = self.config_space()
-        if offset < 0 or size < 0 or offset + size > len(space):
+        if offset < 0 or size < 0 or offset + size > max(len(space), self.config_full_size):
             self._report("CONFIG_OUT_OF_RANGE", "virtio 1.4, 2.5",
                          f"config read of {size} bytes at offset {offset}; the space has {len(space)}")
         data = space[max(0, offset):max(0, offset) + max(0, size)]
@@ -263,13 +269,29 @@ class Device:
         self.memory = memory
 
     def set_queue(self, index: int, queue: Queue | None) -> None:
-        """Attach (or with None detach) the device-side queue for virtqueue ``index``."""
+        """Attach (or with None detach) the device-side queue for virtqueue ``index``.
+
+        Chains held from a previous queue of that index are dropped (they belong to the old
+        ring): call :meth:`stop_queue` first to get them back.
+        """
         if not 0 <= index < self.num_queues:
             raise UsageError(f"{self.name} has no queue {index} (it has {self.num_queues})")
+        if self.queues.get(index) is not queue:
+            self.held.pop(index, None)
         if queue is None:
             self.queues.pop(index, None)
         else:
             self.queues[index] = queue
+
+    def stop_queue(self, index: int) -> list[Chain]:
+        """A ring stops (vhost-user GET_VRING_BASE): detach it; the chains it held, never used.
+
+        The caller rewinds the ring to the first one (split: ``chains[0].avail_idx`` as the
+        vring base; packed: its slot and ``wrap``) so the driver's buffers are offered again.
+        """
+        chains = self.release_held(index)
+        self.queues.pop(index, None)
+        return chains
 
     def reset(self) -> None:
         """Device reset (2.4.1): forget negotiation, queues, held buffers and protocol state."""
@@ -277,10 +299,14 @@ class Device:
         self.negotiated = False
         self.status = 0
         self.queues.clear()
+        self.held.clear()
         self.reset_state()
 
     def reset_state(self) -> None:
         """Hook: clear device protocol state on reset (subclasses); cumulative counters may stay."""
+
+    def close(self) -> None:
+        """Release what the device opened (image files, capture files)."""
 
     # -- operation ------------------------------------------------------------------------------
 
@@ -319,6 +345,21 @@ class Device:
         self.after_kick(index)
         return self._end()
 
+    def hold(self, index: int, chain: Chain, io: ChainIO) -> None:
+        """Keep ``chain`` of queue ``index`` to fill later (``process`` then returns HELD)."""
+        self.held[index].append((chain, io))
+
+    def release_held(self, index: int) -> list[Chain]:
+        """Forget the chains held for queue ``index`` and return them, oldest first.
+
+        For a ring being stopped (vhost-user GET_VRING_BASE): the chains were taken from
+        the ring but never used; the caller rewinds the ring to the first one's
+        ``avail_idx`` (split) / slot and wrap (packed) so they are offered again, or
+        returns them with length 0.
+        """
+        chains = [chain for chain, _ in self.held.pop(index, ())]
+        return chains
+
     def can_pop(self, index: int) -> bool:
         """Whether the device takes more chains from queue ``index`` now (flow control, subclasses)."""
         return True
@@ -342,6 +383,7 @@ class Device:
             "offered_features": self.offered_features,
             "queues": self.queue_names(),
             "config": self.config_space().hex(),
+            "held": {str(index): len(chains) for index, chains in sorted(self.held.items()) if chains},
             "anomalies": len(self.anomalies),
         }
 

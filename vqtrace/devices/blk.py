@@ -88,6 +88,7 @@ class BlkDevice(Device):
     prefix: ClassVar[str] = "virtio_blk"
     in_order: ClassVar[bool] = True  # every request completes when it is handled
     config_struct = layout.virtio_blk_config
+    config_full_size = layout.BLK_CONFIG_SIZE
 
     def __init__(self, image: str | None = None, *, size: int | None = None, data: bytes | bytearray | None = None,
                  backend: BlockBackend | None = None, readonly: bool = False, blk_size: int = 512,
@@ -126,7 +127,8 @@ class BlkDevice(Device):
         self.written = ExtentSet()
         self.zeroed = ExtentSet()
         self.discarded = ExtentSet()
-        self.counts: dict[str, int] = {}
+        self.requests: dict[str, int] = {}  # request type -> count
+        self.statuses: dict[str, int] = {}  # status written -> count
         self.sectors_read = 0
 
     # -- identity, features, configuration --------------------------------------------------------
@@ -226,8 +228,16 @@ class BlkDevice(Device):
             return self._finish(io, index, VIRTIO_BLK_S_IOERR, "blk short header")
         kind, _reserved, sector = REQ_HDR.unpack(io.read(0, REQ_HDR.size))
         name = TYPE_TEXT.get(kind, f"type={kind}")
-        self.counts[name] = self.counts.get(name, 0) + 1
+        self.requests[name] = self.requests.get(name, 0) + 1
         self._check_segments(index, chain)
+        try:
+            return self._request(index, chain, io, kind, sector, name)
+        except OSError as err:  # the image failed: a device error (5.2.6: VIRTIO_BLK_S_IOERR)
+            self._report("BLK_BACKEND_ERROR", "virtio 1.4, 5.2.6",
+                         f"{name}: {self.backend.describe()}: {err.strerror or err}", queue=index, id=chain.id)
+            return self._finish(io, index, VIRTIO_BLK_S_IOERR, f"blk {name} (image error)")
+
+    def _request(self, index: int, chain: Chain, io: ChainIO, kind: int, sector: int, name: str) -> int:
         if kind == VIRTIO_BLK_T_IN:
             return self._read(index, io, sector)
         if kind == VIRTIO_BLK_T_OUT:
@@ -262,7 +272,7 @@ class BlkDevice(Device):
             return io.written
         io.write(status_at, bytes([status]))
         key = STATUS_TEXT.get(status, str(status))
-        self.counts["S_" + key] = self.counts.get("S_" + key, 0) + 1
+        self.statuses[key] = self.statuses.get(key, 0) + 1
         self.describe(f"{text} -> {key}")
         return io.writable_len
 
@@ -383,6 +393,9 @@ class BlkDevice(Device):
                 self._report("BLK_SIZE_MAX", "virtio 1.4, 5.2.3",
                              f"a segment of {big[0]} bytes exceeds size_max {self.size_max}", queue=index, id=chain.id)
 
+    def close(self) -> None:
+        self.backend.close()
+
     # -- state ------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -399,6 +412,7 @@ class BlkDevice(Device):
             "discarded": [list(r) for r in self.discarded.ranges()],
             "sectors_read": self.sectors_read,
             "flushes": self.backend.flushes,
-            "requests": dict(self.counts),
+            "requests": dict(self.requests),
+            "statuses": dict(self.statuses),
         })
         return state

@@ -79,7 +79,6 @@ class Port:
     output: bytearray = field(default_factory=bytearray)
     written: int = 0  # bytes the driver wrote, in all
     input: deque[bytes] = field(default_factory=deque)
-    held: deque[tuple[Chain, ChainIO]] = field(default_factory=deque)
 
     def text(self) -> str:
         return self.output.decode("utf-8", "replace")
@@ -92,6 +91,7 @@ class ConsoleDevice(Device):
     device_id: ClassVar[int] = 3
     prefix: ClassVar[str] = "virtio_console"
     config_struct = layout.virtio_console_config
+    config_full_size = layout.CONSOLE_CONFIG_SIZE
 
     def __init__(self, *, ports: int | list[str | PortSpec] = 1, max_ports: int | None = None,
                  multiport: bool | None = None, cols: int | None = 80, rows: int | None = 25,
@@ -124,7 +124,6 @@ class ConsoleDevice(Device):
                               written=old[n].written if n in old else 0) for n, spec in enumerate(self.specs)}
         self.device_ready: bool | None = None
         self.ctrl_out: deque[bytes] = deque()
-        self.ctrl_held: deque[tuple[Chain, ChainIO]] = deque()
         self.ctrl_log: deque[str] = deque(maxlen=256)
 
     # -- identity, features, configuration --------------------------------------------------------
@@ -244,14 +243,14 @@ class ConsoleDevice(Device):
         if index == CTRL_TX:
             return self._control_in(index, chain, io)
         if index == CTRL_RX:
-            return self._hold(index, chain, io, self.ctrl_held)
+            return self._hold(index, chain, io)
         port = self.ports.get(self.port_of(index) or 0)
         if port is None:
             self._report("CONSOLE_BAD_PORT", "virtio 1.4, 5.3.6", f"queue {index} belongs to no port",
                          queue=index, id=chain.id)
             return 0
         if index % 2 == 0:
-            return self._hold(index, chain, io, port.held)
+            return self._hold(index, chain, io)
         if io.writable_len:
             self._report("CONSOLE_TX_WRITABLE", "virtio 1.4, 5.3.6.1",
                          "the driver put a device-writable buffer in a transmitq", queue=index, id=chain.id)
@@ -274,7 +273,7 @@ class ConsoleDevice(Device):
             if port is not None:
                 self._deliver_port(port)
 
-    def _hold(self, index: int, chain: Chain, io: ChainIO, held: deque[tuple[Chain, ChainIO]]) -> int | None:
+    def _hold(self, index: int, chain: Chain, io: ChainIO) -> int | None:
         if io.readable_len:  # 5.3.6.1: MUST NOT put a device-readable buffer in a receiveq
             self._report("CONSOLE_RX_READABLE", "virtio 1.4, 5.3.6.1",
                          "the driver put a device-readable buffer in a receiveq", queue=index, id=chain.id)
@@ -283,7 +282,7 @@ class ConsoleDevice(Device):
                 self._report("CONSOLE_RX_EMPTY", "virtio 1.4, 5.3.6", "receive buffer with no device-writable bytes",
                              queue=index, id=chain.id)
             return 0
-        held.append((chain, io))
+        self.hold(index, chain, io)
         return HELD
 
     def _output(self, port: Port, data: bytes) -> None:
@@ -294,8 +293,9 @@ class ConsoleDevice(Device):
 
     def _deliver_port(self, port: Port) -> None:
         rx, _ = self.queues_of(port.id)
-        while port.input and port.held:
-            chain, io = port.held.popleft()
+        held = self.held[rx]
+        while port.input and held:
+            chain, io = held.popleft()
             data = port.input.popleft()
             done = io.write(0, data)
             if done < len(data):
@@ -313,8 +313,9 @@ class ConsoleDevice(Device):
         self._deliver_control()
 
     def _deliver_control(self) -> None:
-        while self.ctrl_out and self.ctrl_held:
-            chain, io = self.ctrl_held.popleft()
+        held = self.held[CTRL_RX]
+        while self.ctrl_out and held:
+            chain, io = held.popleft()
             message = self.ctrl_out[0]
             if io.writable_len < len(message):
                 self._report("CONSOLE_CTRL_BUFFER_SMALL", "virtio 1.4, 5.3.6.2",
@@ -396,8 +397,7 @@ class ConsoleDevice(Device):
             "device_ready": self.device_ready,
             "ports": {str(n): {"name": p.spec.name, "console": p.spec.console, "added": p.added, "ready": p.ready,
                                "guest_open": p.guest_open, "host_open": p.spec.host_open, "text": p.text(),
-                               "bytes_out": p.written, "input_pending": sum(len(d) for d in p.input),
-                               "rx_buffers_held": len(p.held)}
+                               "bytes_out": p.written, "input_pending": sum(len(d) for d in p.input)}
                       for n, p in sorted(self.ports.items())},
             "control": list(self.ctrl_log),
             "control_pending": len(self.ctrl_out),

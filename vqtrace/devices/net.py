@@ -17,10 +17,10 @@ Device Requirements followed:
 - 5.1.9.2.2: unknown header flag bits are ignored; ``csum_start``/``csum_offset``
   are used only with NEEDS_CSUM; a packet with both UDP tunnel bits is not accepted.
 - 5.1.4.1: ``max_virtqueue_pairs`` in 1..0x8000; ``mtu`` in 68..65535, fixed.
-- 5.1.9.5.1.1 / .2.1 / .3.1 / .4.1 / .6.1 (control queue): RX mode commands with
+- 5.1.9.5.1.1 / .2.1 / .3.1 / .4.2 (control queue): RX mode commands with
   CTRL_RX / CTRL_RX_EXTRA; an empty MAC table on reset, updated (and ``mac``, with
   VIRTIO_NET_F_MAC) before the command is used; VLAN filter table; ANNOUNCE bit
-  cleared before ANNOUNCE_ACK is used; receive only on receiveq1 until
+  cleared before ANNOUNCE_ACK is used; 5.1.9.5.6.2: receive only on receiveq1 until
   VQ_PAIRS_SET, then on the pairs enabled. A command the device does not support,
   or malformed, gets VIRTIO_NET_ERR.
 """
@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from ..dissectors import features as feature_tables
 from ..dissectors import net as layout
 from ..dissectors.layers import get_layer
-from ..errors import DissectError, UsageError
+from ..errors import DissectError, UsageError, VqtraceError
 from ..model import Chain
 from .base import HELD, Activity, Device, feature_bits
 from .chainio import ChainIO
@@ -139,6 +139,7 @@ class NetDevice(Device):
     device_id: ClassVar[int] = 1
     prefix: ClassVar[str] = "virtio_net"
     config_struct = layout.virtio_net_config
+    config_full_size = layout.NET_CONFIG_SIZE
 
     def __init__(self, *, mac: str = "52:54:00:12:34:56", queue_pairs: int = 1, mtu: int | None = None,
                  mrg_rxbuf: bool = True, ctrl_vq: bool = True, offloads: bool = False,
@@ -159,7 +160,8 @@ class NetDevice(Device):
         self.offer_offloads = offloads
         self.link_up = link_up
         self.backlog_limit = backlog
-        self.sink: Callable[[NetFrame], None] | None = PcapngSink(sink) if isinstance(sink, str) else sink
+        self._own_sink = PcapngSink(sink) if isinstance(sink, str) else None
+        self.sink: Callable[[NetFrame], None] | None = self._own_sink or sink  # type: ignore[assignment]
         self.peer: NetDevice | None = None
         self.frames: deque[NetFrame] = deque(maxlen=history)
         self.counters = {"tx_packets": 0, "tx_bytes": 0, "tx_drops": 0, "rx_packets": 0, "rx_bytes": 0,
@@ -175,8 +177,7 @@ class NetDevice(Device):
         self.mac_table_uni: list[bytes] = []
         self.mac_table_multi: list[bytes] = []
         self.vlans: set[int] = set()  # 5.1.9.5.3: starts empty
-        self.active_pairs = 1  # 5.1.9.5.6.1: only receiveq1 after reset
-        self.rx_held: dict[int, deque[tuple[Chain, ChainIO]]] = {}
+        self.active_pairs = 1  # 5.1.9.5.6.2: only receiveq1 after reset
         self.rx_backlog: dict[int, deque[NetFrame]] = {}
         self.flows: dict[tuple[bytes, bytes], int] = {}
 
@@ -301,7 +302,11 @@ class NetDevice(Device):
             self.flows[(data[6:12], data[0:6])] = index // 2
         self.describe("net " + frame.summary())
         if self.sink is not None:
-            self.sink(frame)
+            try:
+                self.sink(frame)
+            except (OSError, VqtraceError) as err:  # the host's side failed, not the driver's
+                self._report("NET_SINK_ERROR", "virtio 1.4, 5.1.9.2", f"the frame sink failed: {err}",
+                             queue=index, id=chain.id)
         if self.peer is not None:
             self.peer.emit(self.peer.receive(data, hdr))
         return 0  # 5.1.9.2: a transmit buffer is used with nothing written
@@ -337,7 +342,7 @@ class NetDevice(Device):
                              queue=index, id=chain.id)
             self.describe("net RX buffer unusable")
             return 0
-        self.rx_held.setdefault(index, deque()).append((chain, io))
+        self.hold(index, chain, io)
         return HELD
 
     # -- receiving ---------------------------------------------------------------------------------
@@ -418,7 +423,7 @@ class NetDevice(Device):
     def _deliver(self, index: int) -> None:
         """Put backlog frames of receiveq ``index`` into held buffers while they fit (5.1.9.4)."""
         backlog = self.rx_backlog.get(index)
-        held = self.rx_held.get(index)
+        held = self.held.get(index)
         mrg = self.has(VIRTIO_NET_F_MRG_RXBUF)
         size = self.hdr_size
         while backlog and held:
@@ -527,11 +532,16 @@ class NetDevice(Device):
             return VIRTIO_NET_OK, "ANNOUNCE_ACK"
         if cls == CTRL_MQ and cmd == 0 and self.has(VIRTIO_NET_F_MQ):
             pairs = data.virtqueue_pairs
-            if not VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN <= pairs <= self.max_pairs:  # 5.1.9.5.6.1
+            # 5.1.9.5.6.1: the driver asks for neither 0 nor more than max_virtqueue_pairs
+            if not VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN <= pairs <= self.max_pairs:
                 return VIRTIO_NET_ERR, f"MQ_VQ_PAIRS_SET {pairs}"
             self.active_pairs = pairs
             return VIRTIO_NET_OK, f"MQ_VQ_PAIRS_SET {pairs}"
         return VIRTIO_NET_ERR, text + " (not supported or not negotiated)"
+
+    def close(self) -> None:
+        if self._own_sink is not None:
+            self._own_sink.close()
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -546,7 +556,6 @@ class NetDevice(Device):
                           "multicast": [_mac_text(m) for m in self.mac_table_multi]},
             "vlans": sorted(self.vlans),
             "active_pairs": self.active_pairs,
-            "rx_buffers_held": {str(q): len(h) for q, h in self.rx_held.items()},
             "rx_backlog": {str(q): len(b) for q, b in self.rx_backlog.items()},
             "counters": dict(self.counters),
             "frames": [f.to_json() for f in list(self.frames)[-64:]],

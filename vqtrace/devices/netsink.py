@@ -4,13 +4,13 @@
 ``virtio_net_hdr`` values that travelled with it and the Ethernet bytes.
 :class:`PcapngSink` writes frames as pcapng enhanced packet blocks on an
 Ethernet interface (LINKTYPE_ETHERNET), the header values in the packet comment,
-so Wireshark dissects the traffic natively. It flushes block by block.
+so Wireshark dissects the traffic natively. It flushes block by block. The blocks are
+built with :mod:`vqtrace.trace.pcapng`.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import UsageError
+from ..trace import pcapng
 
 LINKTYPE_ETHERNET = 1
-_SHB = 0x0A0D0D0A
-_IDB = 0x00000001
-_EPB = 0x00000006
-_BYTE_ORDER_MAGIC = 0x1A2B3C4D
-_OPT_COMMENT = 1
-_IF_NAME = 2
-_IF_TSRESOL = 9
 SNAPLEN = 0x40000
 
 
@@ -51,16 +45,6 @@ class NetFrame:
                 "summary": self.summary()}
 
 
-def _option(code: int, value: bytes) -> bytes:
-    pad = (-len(value)) % 4
-    return struct.pack("<HH", code, len(value)) + value + bytes(pad)
-
-
-def _block(kind: int, body: bytes) -> bytes:
-    total = 12 + len(body)
-    return struct.pack("<II", kind, total) + body + struct.pack("<I", total)
-
-
 class PcapngSink:
     """Write frames to ``path`` as Ethernet pcapng (nanosecond timestamps, comment per frame)."""
 
@@ -70,10 +54,8 @@ class PcapngSink:
             self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed by close()
         except OSError as err:
             raise UsageError(f"cannot write {path}: {err.strerror}") from None
-        shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _option(0, b"")
-        idb = (struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN) + _option(_IF_NAME, interface.encode())
-               + _option(_IF_TSRESOL, b"\x09") + _option(0, b""))
-        self._write(_block(_SHB, shb) + _block(_IDB, idb))
+        self._write(pcapng.section_header("vqtrace reference net device")
+                    + pcapng.interface_description(LINKTYPE_ETHERNET, interface, snaplen=SNAPLEN))
         self.frames = 0
 
     def _write(self, data: bytes) -> None:
@@ -85,10 +67,8 @@ class PcapngSink:
     def __call__(self, frame: NetFrame) -> None:
         stamp = frame.time_ns or time.time_ns()
         comment = frame.direction + " " + " ".join(f"{k}={v}" for k, v in frame.hdr.items())
-        data = frame.data[:SNAPLEN]
-        body = (struct.pack("<IIIII", 0, stamp >> 32, stamp & 0xFFFFFFFF, len(data), len(frame.data))
-                + data + bytes((-len(data)) % 4) + _option(_OPT_COMMENT, comment.encode()) + _option(0, b""))
-        self._write(_block(_EPB, body))
+        self._write(pcapng.enhanced_packet(0, stamp, frame.data[:SNAPLEN], orig_len=len(frame.data),
+                                           comments=[comment]))
         self.frames += 1
 
     def close(self) -> None:

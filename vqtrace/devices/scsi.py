@@ -80,6 +80,8 @@ LUN_NOT_SUPPORTED = (SK["ILLEGAL REQUEST"], 0x25, 0x00)
 WRITE_PROTECTED = (SK["DATA PROTECT"], 0x27, 0x00)
 SAVING_NOT_SUPPORTED = (SK["ILLEGAL REQUEST"], 0x39, 0x00)
 NO_SENSE = (SK["NO SENSE"], 0x00, 0x00)
+WRITE_ERROR = (SK["MEDIUM ERROR"], 0x0C, 0x00)
+UNRECOVERED_READ_ERROR = (SK["MEDIUM ERROR"], 0x11, 0x00)
 
 
 def fixed_sense(key: int, asc: int, ascq: int) -> bytes:
@@ -130,6 +132,13 @@ class Result:
     text: str = ""
 
 
+#: The operation codes the target implements (those whose CDB it parses).
+HANDLED = frozenset(OP[name] for name in (
+    "TEST UNIT READY", "REQUEST SENSE", "READ(6)", "WRITE(6)", "INQUIRY", "MODE SENSE(6)", "START STOP UNIT",
+    "READ CAPACITY(10)", "READ(10)", "WRITE(10)", "SYNCHRONIZE CACHE(10)", "MODE SENSE(10)", "READ(16)",
+    "WRITE(16)", "SYNCHRONIZE CACHE(16)", "SERVICE ACTION IN(16)", "REPORT LUNS"))
+
+
 def _check(condition: tuple[int, int, int], text: str = "") -> Result:
     return Result(CHECK_CONDITION, fixed_sense(*condition), text=text)
 
@@ -141,6 +150,7 @@ class ScsiDevice(Device):
     device_id: ClassVar[int] = 8
     prefix: ClassVar[str] = "virtio_scsi"
     config_struct = layout.virtio_scsi_config
+    config_full_size = layout.SCSI_CONFIG_SIZE
 
     def __init__(self, image: str | None = None, *, images: list[str] | None = None,
                  luns: dict[tuple[int, int], BlockBackend] | None = None, size: int | None = None,
@@ -179,7 +189,6 @@ class ScsiDevice(Device):
         self.cdb_size = layout.VIRTIO_SCSI_CDB_DEFAULT_SIZE
         self.events: deque[bytes] = deque()
         self.events_missed = False
-        self.event_held: deque[tuple[Chain, ChainIO]] = deque()
 
     # -- identity, features, configuration --------------------------------------------------------
 
@@ -241,8 +250,9 @@ class ScsiDevice(Device):
         self._deliver_events()
 
     def _deliver_events(self) -> None:
-        while self.events and self.event_held:
-            chain, io = self.event_held.popleft()
+        held = self.held[EVENTQ]
+        while self.events and held:
+            chain, io = held.popleft()
             message = self.events.popleft()
             if self.events_missed:
                 kind = int.from_bytes(message[:4], "little") | layout.VIRTIO_SCSI_T_EVENTS_MISSED
@@ -262,7 +272,7 @@ class ScsiDevice(Device):
                              f"eventq buffer of {io.writable_len} device-writable bytes (and {io.readable_len} "
                              f"readable); it needs {layout.EVENT_SIZE}", queue=index, id=chain.id)
                 return 0
-            self.event_held.append((chain, io))
+            self.hold(index, chain, io)
             return HELD
         return self._command(index, chain, io)
 
@@ -306,7 +316,13 @@ class ScsiDevice(Device):
             self._report("SCSI_INOUT", "virtio 1.4, 5.6.6.1.1",
                          "request with both dataout and datain without VIRTIO_SCSI_F_INOUT", queue=index, id=chain.id)
             return self._respond(io, Result(response=S_FAILURE, text=name), dataout, datain)
-        result = self._execute(lun, cdb, io, header, dataout, datain_at, datain)
+        try:
+            result = self._execute(lun, cdb, io, header, dataout, datain_at, datain)
+        except OSError as err:  # the image failed: MEDIUM ERROR, WRITE ERROR or UNRECOVERED READ ERROR
+            self._report("SCSI_BACKEND_ERROR", "virtio 1.4, 5.6.6.1.1", f"{name}: {err.strerror or err}",
+                         queue=index, id=chain.id)
+            writing = cdb[0] in (OP["WRITE(6)"], OP["WRITE(10)"], OP["WRITE(16)"])
+            result = _check(WRITE_ERROR if writing else UNRECOVERED_READ_ERROR, "image error")
         result.text = f"{name} {result.text}".strip()
         self.describe(f"scsi {result.text} id={tag}")
         return self._respond(io, result, dataout, datain)
@@ -354,6 +370,8 @@ class ScsiDevice(Device):
             return Result(response=S_BAD_TARGET, text=f"target {target}")
         length = t10.cdb_length(opcode)
         parsed = self._parse_cdb(cdb, length)
+        if parsed is None and opcode in HANDLED:  # the CDB does not fit in cdb_size (5.6.4)
+            return _check(INVALID_FIELD_IN_CDB, f"CDB longer than cdb_size {len(cdb)}")
         if opcode == OP["REPORT LUNS"]:
             return self._report_luns(target, parsed, datain)
         if opcode == OP["INQUIRY"]:
@@ -594,6 +612,10 @@ class ScsiDevice(Device):
             return S_FUNCTION_COMPLETE  # no command is ever pending: nothing to abort or report
         return S_FUNCTION_REJECTED  # CLEAR ACA (NACA is not supported) and unknown functions
 
+    def close(self) -> None:
+        for unit in self.units.values():
+            unit.backend.close()
+
     # -- state -------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -607,7 +629,6 @@ class ScsiDevice(Device):
                                   "writes": u.writes}
                      for (t, n), u in sorted(self.units.items())},
             "events_pending": len(self.events),
-            "event_buffers_held": len(self.event_held),
             "commands": dict(self.counters),
         })
         return state

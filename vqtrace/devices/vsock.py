@@ -40,7 +40,8 @@ _F = feature_bits(feature_tables.VSOCK_FEATURES)
 VIRTIO_VSOCK_F_STREAM = _F["VIRTIO_VSOCK_F_STREAM"]
 VIRTIO_VSOCK_F_NO_IMPLIED_STREAM = _F["VIRTIO_VSOCK_F_NO_IMPLIED_STREAM"]
 OP = layout.OPS
-OP_REQUEST, OP_RESPONSE, OP_RST = OP["VIRTIO_VSOCK_OP_REQUEST"], OP["VIRTIO_VSOCK_OP_RESPONSE"], OP["VIRTIO_VSOCK_OP_RST"]
+OP_REQUEST, OP_RESPONSE = OP["VIRTIO_VSOCK_OP_REQUEST"], OP["VIRTIO_VSOCK_OP_RESPONSE"]
+OP_RST = OP["VIRTIO_VSOCK_OP_RST"]
 OP_SHUTDOWN, OP_RW = OP["VIRTIO_VSOCK_OP_SHUTDOWN"], OP["VIRTIO_VSOCK_OP_RW"]
 OP_CREDIT_UPDATE, OP_CREDIT_REQUEST = OP["VIRTIO_VSOCK_OP_CREDIT_UPDATE"], OP["VIRTIO_VSOCK_OP_CREDIT_REQUEST"]
 OP_TEXT = {value: name.removeprefix("VIRTIO_VSOCK_OP_") for name, value in OP.items()}
@@ -110,6 +111,7 @@ class VsockDevice(Device):
     device_id: ClassVar[int] = 19
     prefix: ClassVar[str] = "virtio_vsock"
     config_struct = layout.virtio_vsock_config
+    config_full_size = 8  # 5.10.4: le64 guest_cid
 
     def __init__(self, *, guest_cid: int = 3, echo_port: int | None = 1234,
                  services: dict[int, str | Service] | None = None, buf_alloc: int = 256 * 1024,
@@ -135,8 +137,6 @@ class VsockDevice(Device):
     def reset_state(self) -> None:
         self.connections: dict[tuple[int, int], Connection] = {}
         self.control: deque[tuple[int, int, int, int, int]] = deque()  # op, guest_port, host_port, flags, type
-        self.rx_held: deque[tuple[Chain, ChainIO]] = deque()
-        self.event_held: deque[tuple[Chain, ChainIO]] = deque()
         self.events: deque[int] = deque()
         self.tx_throttled = False
 
@@ -222,7 +222,7 @@ class VsockDevice(Device):
                              f"{self.queue_names()[index]} buffer of {io.writable_len} bytes (needs {need})",
                              queue=index, id=chain.id)
             return 0
-        (self.rx_held if index == RX else self.event_held).append((chain, io))
+        self.hold(index, chain, io)
         return HELD
 
     def after_kick(self, index: int) -> None:
@@ -324,6 +324,9 @@ class VsockDevice(Device):
                          queue=index, id=chain.id)
             self.counters["dropped"] += 1
             return
+        if conn.shutdown_sent & SHUTDOWN_RECEIVE:  # we said we receive no more: sent before the guest saw it
+            self.counters["dropped"] += 1
+            return
         if length > conn.free:  # 5.10.6.3.1: only when the peer has room for the payload
             self._report("VSOCK_CREDIT_EXCEEDED", "virtio 1.4, 5.10.6.3.1",
                          f"RW of {length} bytes with {conn.free} bytes of credit", queue=index, id=chain.id)
@@ -415,12 +418,13 @@ class VsockDevice(Device):
         return None
 
     def _deliver(self) -> None:
-        while self.rx_held:
-            chain, io = self.rx_held[0]
+        held = self.held[RX]
+        while held:
+            chain, io = held[0]
             packet = self._next(io.writable_len)
             if packet is None:
                 break
-            self.rx_held.popleft()
+            held.popleft()
             done = io.write(0, packet)
             self.counters["packets_out"] += 1
             op = int.from_bytes(packet[30:32], "little")
@@ -431,8 +435,9 @@ class VsockDevice(Device):
                 self._deliver()
 
     def _deliver_events(self) -> None:
-        while self.events and self.event_held:
-            chain, io = self.event_held.popleft()
+        held = self.held[EVENTQ]
+        while self.events and held:
+            chain, io = held.popleft()
             event = self.events.popleft()
             done = io.write(0, layout.virtio_vsock_event.build({"id": event}))
             self.complete(EVENTQ, chain, done, "vsock event TRANSPORT_RESET")
@@ -447,7 +452,6 @@ class VsockDevice(Device):
             "connections": [c.to_json() for c in self.connections.values()],
             "closed": list(self.closed),
             "control_pending": len(self.control),
-            "rx_buffers_held": len(self.rx_held),
             "counters": dict(self.counters),
         })
         return state

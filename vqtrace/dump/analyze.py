@@ -22,6 +22,7 @@ device's side: taken by the device (popped, being served) or still waiting.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,8 @@ def analyze_queue(memory: GuestMemory, target: Target, *, completed: int = COMPL
         return QueueReport(target, None, [], [], [anomaly], [f"the queue cannot be read: {err}"])
     anomalies = list(snap.anomalies)
     state = snap.state
+    if not config.packed:
+        anomalies += _shared_in_flight(config, snap.in_flight)
     qemu = target.qemu_queue
     in_flight = []
     for chain in snap.in_flight:
@@ -234,10 +237,40 @@ def analyze_queue(memory: GuestMemory, target: Target, *, completed: int = COMPL
         _check_qemu(config, state, target, anomalies, notes)
     if snap.approximate:
         notes.append("packed ring: a list hidden by an out-of-order used descriptor cannot be seen")
-    elif not config.packed and not config.in_order and len(in_flight) > 1:
+    elif not config.packed and not config.in_order and len(in_flight) > 1 and not _qemu_in_order(qemu, state):
         notes.append("in flight = the heads between used.idx and avail.idx: exact for in-order completion; "
                      "after out-of-order completions an older head may still be in flight instead")
     return QueueReport(target, state, in_flight, done, _unique(anomalies), notes, snap.approximate)
+
+
+def _qemu_in_order(qemu: QemuQueue | None, state: RingState) -> bool:
+    """Whether QEMU's counts show in-order service: what it took and did not use is exactly ``inuse``."""
+    if qemu is None or qemu.last_avail_idx is None or qemu.inuse is None or qemu.used_idx != state.used_idx:
+        return False
+    return (qemu.last_avail_idx - state.used_idx) & 0xFFFF == qemu.inuse
+
+
+def _shared_in_flight(config: QueueConfig, chains: list[Chain]) -> list[Anomaly]:
+    """Split: a head in two avail entries of the in-flight window, or a descriptor in two chains (2.7.13.1)."""
+    found: list[Anomaly] = []
+    heads: dict[int, int] = {}
+    owner: dict[int, int] = {}
+    for chain in chains:
+        if chain.id in heads:
+            found.append(_flag(config, A.HEAD_REUSED_IN_FLIGHT,
+                               f"head {chain.id} is in the available ring at index {heads[chain.id]} and again at "
+                               f"{chain.avail_idx}, both in flight", id=chain.id))
+            continue
+        heads[chain.id] = chain.avail_idx
+        for d in chain.descriptors:
+            if d.in_indirect:
+                continue
+            if d.index in owner and owner[d.index] != chain.id:
+                found.append(_flag(config, A.DESC_REUSED_IN_FLIGHT,
+                                   f"descriptor {d.index} belongs to the chains of heads {owner[d.index]} and "
+                                   f"{chain.id}, both in flight", id=d.index))
+            owner.setdefault(d.index, chain.id)
+    return found
 
 
 def _unique(anomalies: list[Anomaly]) -> list[Anomaly]:
@@ -259,6 +292,7 @@ def _completed_split(memory: GuestMemory, config: QueueConfig, state: RingState,
     except GuestMemoryError:
         return []
     busy = {d.index for chain in in_flight for d in chain.descriptors if not d.in_indirect}
+    spans = sorted((d.addr, d.addr + d.len) for chain in in_flight for d in chain.buffers if d.len)
     bounds = MemoryBounds(memory)
     out = []
     for back in range(1, min(limit, size) + 1):
@@ -280,6 +314,11 @@ def _completed_split(memory: GuestMemory, config: QueueConfig, state: RingState,
             out.append(ChainReport(used_id, used_idx, len(chain.descriptors), chain.readable_len,
                                    chain.writable_len, "descriptors reused by a chain now in flight", used_len))
             continue
+        if any(_overlaps(spans, d.addr, d.len) for d in chain.buffers):
+            out.append(ChainReport(used_id, used_idx, len(chain.descriptors), chain.readable_len,
+                                   chain.writable_len, "buffers reused by a chain now in flight", used_len,
+                                   chain=chain))
+            continue
         summary, request = _decode(memory, ctx, chain, used_len)
         report = ChainReport(used_id, used_idx, len(chain.descriptors), chain.readable_len, chain.writable_len,
                              summary, used_len, request=request, chain=chain)
@@ -289,6 +328,12 @@ def _completed_split(memory: GuestMemory, config: QueueConfig, state: RingState,
             report.summary += f" (len {used_len} > the {chain.writable_len} writable bytes the descriptors now give)"
         out.append(report)
     return out
+
+
+def _overlaps(spans: list[tuple[int, int]], addr: int, length: int) -> bool:
+    """Whether ``[addr, addr + length)`` meets one of the sorted (start, end) ``spans``."""
+    at = bisect.bisect_left(spans, (addr + length,))
+    return any(start < addr + length and addr < end for start, end in spans[max(0, at - 64):at])
 
 
 def _completed_packed(memory: GuestMemory, config: QueueConfig, state: RingState, limit: int) -> list[ChainReport]:

@@ -10,14 +10,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dissectors.features import find_device
 from ..errors import GuestMemoryError, UsageError
 from ..model import Layout
 from ..output import dump_json
 from . import report
-from .analyze import Target, analyze, targets_from_qemu
 from .elfwrite import write_elf_file
 from .lazy import LazyMemory
 from .procmem import connect_qmp, open_process
@@ -25,15 +24,20 @@ from .progress import Progress
 from .qemu_status import QemuStatus, collect, load_qemu_status, parse_qemu_status
 from .qmp import QmpClient
 from .queue_spec import parse_queue_spec
-from .scan import DEFAULT_MIN_SCORE, Candidate, scan
 from .snapshot import Extent, Snapshot, open_snapshot
+
+if TYPE_CHECKING:  # the analysis (numpy, the ring readers) loads only when a command needs it
+    from .analyze import Target
+    from .scan import Candidate
+
+DEFAULT_MIN_SCORE = 0.6  # .scan.DEFAULT_MIN_SCORE, without importing numpy for `dump info`
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 @contextlib.contextmanager
 def open_source(args: argparse.Namespace) -> Iterator[tuple[Snapshot, QmpClient | None]]:
-    """The snapshot the arguments name (a file, or ``--pid``), and a QMP client when ``--qmp``/``--pid`` give one."""
+    """The snapshot the arguments name (a file, or ``--pid``), and the QMP client ``--pid`` needed (else None)."""
     qmp: QmpClient | None = None
     snapshot: Snapshot | None = None
     try:
@@ -51,9 +55,6 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Snapshot, QmpClient 
             if not args.snapshot:
                 raise UsageError("a snapshot FILE (or --pid PID) is required")
             snapshot = open_snapshot(args.snapshot, base=args.base)
-            if args.qmp:
-                qmp = QmpClient(args.qmp)
-                qmp.connect()
         yield snapshot, qmp
     finally:
         if snapshot is not None:
@@ -83,6 +84,8 @@ def _min_score(args: argparse.Namespace) -> float:
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    from .scan import scan
+
     with open_source(args) as (snapshot, _):
         candidates = scan(snapshot, min_score=_min_score(args))
         if args.format == "json":
@@ -102,6 +105,9 @@ def _device_type(name: str | None) -> tuple[int, str]:
 
 
 def _scan_targets(snapshot: Snapshot, args: argparse.Namespace) -> tuple[list[Target], list[Candidate]]:
+    from .analyze import Target
+    from .scan import scan
+
     candidates = scan(snapshot, min_score=_min_score(args))
     chosen = candidates
     if args.candidate:
@@ -116,7 +122,10 @@ def _scan_targets(snapshot: Snapshot, args: argparse.Namespace) -> tuple[list[Ta
     for c in chosen:
         guess = short or c.device_guess or ""
         dtype = device_type or (find_device(guess).id if guess and find_device(guess) else 0)
-        config = c.config(features=args.features, device_type=dtype)
+        # The queue index is not in memory: take the queue whose requests the chains look like (5.2.2 blk
+        # requestq 0, 5.1.2 net transmitq1 1, 5.6.2 scsi requestq 2), so requests decode as that queue's.
+        index = {"net": 1, "scsi": 2}.get(guess, 0)
+        config = c.config(index=index, features=args.features, device_type=dtype)
         if c.layout is Layout.PACKED:  # event suppression areas unknown: point them somewhere mapped, do not show
             config = dataclasses.replace(config, driver=config.desc, device=config.desc)
         note = f"scan candidate {c.number}, score {c.score:.2f}" + ("" if short or not guess else ", device guessed")
@@ -126,6 +135,8 @@ def _scan_targets(snapshot: Snapshot, args: argparse.Namespace) -> tuple[list[Ta
 
 
 def _queue_targets(args: argparse.Namespace) -> list[Target]:
+    from .analyze import Target
+
     device_type, short = _device_type(args.device)
     targets = []
     for number, spec in enumerate(args.queue):
@@ -136,6 +147,8 @@ def _queue_targets(args: argparse.Namespace) -> list[Target]:
 
 
 def _status_targets(status: QemuStatus, args: argparse.Namespace) -> list[Target]:
+    from .analyze import targets_from_qemu
+
     targets = targets_from_qemu(status.devices, include_idle=args.all_queues)
     if not targets:
         raise UsageError(f"{status.source}: no queue of any device is set up (vring-desc 0): did the guest "
@@ -151,6 +164,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise UsageError("--candidate needs --scan")
     if args.completed < 0:
         raise UsageError("--completed must not be negative")
+    from .analyze import analyze
+
     with open_source(args) as (snapshot, qmp):
         extra: dict[str, Any] = {}
         if args.qemu_status:
@@ -163,8 +178,13 @@ def run_analyze(args: argparse.Namespace) -> int:
             extra["candidates"] = [c.to_json() for c in candidates]
             if not targets:
                 raise UsageError("the scan found no virtqueue to analyse (see 'vqtrace dump scan')")
-        elif qmp is not None:
-            status = parse_qemu_status(json.dumps(collect(qmp)), f"QMP {qmp.address}")
+        elif qmp is not None or args.qmp:
+            if qmp is None:  # a snapshot file and a live QEMU: the user says they match (a stopped VM)
+                with QmpClient(args.qmp) as live:
+                    bundle, address = collect(live), live.address
+            else:
+                bundle, address = collect(qmp), qmp.address
+            status = parse_qemu_status(json.dumps(bundle), f"QMP {address}")
             targets = _status_targets(status, args)
         else:
             raise UsageError("say where the queues are: --qemu-status FILE, --queue SPEC, --scan "
@@ -180,7 +200,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         else:
             lines = [report.describe(snapshot)]
             for queue_report in reports:
-                lines += ["", *report.queue_text(queue_report)]
+                lines += ["", *report.queue_text(queue_report, args.max_chains)]
             total = sum(len(r.anomalies) for r in reports)
             lines += ["", f"{len(reports)} queue{'s' if len(reports) != 1 else ''}, "
                           f"{sum(len(r.in_flight) for r in reports)} chains in flight, {total} "

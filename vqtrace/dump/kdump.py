@@ -27,9 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GuestMemoryError
 from ..memory import Region
@@ -37,6 +35,9 @@ from .compress import cache_path
 from .elfnotes import ElfNote, parse_notes
 from .lazy import LazyMemory
 from .progress import Progress
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
 FLAT_SIGNATURE = b"makedumpfile"
@@ -129,6 +130,8 @@ class KdumpMemory(LazyMemory):
     """The RAM of a kdump file; pages decompressed when first read."""
 
     def __init__(self, path: Path, header: KdumpHeader, dumped_bitmap: np.ndarray, name: str) -> None:
+        import numpy as np
+
         super().__init__()
         self.header = header
         self.name = name
@@ -206,6 +209,8 @@ class KdumpMemory(LazyMemory):
 
 def _runs(bits: np.ndarray, limit: int) -> list[tuple[int, int]]:
     """(first, count) of each run of set bits among the first ``limit``."""
+    import numpy as np
+
     flags = np.unpackbits(bits, bitorder="little")[:limit].astype(np.int8)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], flags, [0]))))
     return [(int(start), int(stop - start)) for start, stop in zip(edges[::2], edges[1::2], strict=True)]
@@ -213,6 +218,8 @@ def _runs(bits: np.ndarray, limit: int) -> list[tuple[int, int]]:
 
 def open_kdump(path: Path, source: str) -> tuple[KdumpMemory, list[tuple[int, int]], list[ElfNote], dict[str, object]]:
     """The memory of a kdump file: (memory, [(guest address, size)], notes, details for `dump info`)."""
+    import numpy as np
+
     name = source
     try:
         with open(path, "rb") as file:
@@ -271,9 +278,12 @@ def reassemble_flat(path: str | os.PathLike[str]) -> Path:
                     offset, length = _FLAT_RECORD.unpack(record)
                     if offset == -1:
                         break
-                    if offset < 0 or length < 0 or src.tell() + length > size:
+                    if offset < 0 or length < 0:
                         raise GuestMemoryError(f"{name}: bad flattened kdump record at offset "
                                                f"{src.tell() - _FLAT_RECORD.size} ({length} bytes to {offset})")
+                    if src.tell() + length > size:
+                        raise GuestMemoryError(f"{name}: truncated flattened kdump (the record at offset "
+                                               f"{src.tell() - _FLAT_RECORD.size} runs past the end)")
                     dst.seek(offset)
                     while length:
                         chunk = src.read(min(length, 1 << 20))

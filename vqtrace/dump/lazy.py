@@ -112,8 +112,3 @@ class LazyMemory(GuestMemory):
         self._lazy.clear()
         super().close()
 
-
-def zero_loader(region: Region, offset: int, into: memoryview) -> None:
-    """A loader for ranges known to be zero (kdump pages that were not dumped)."""
-    into[:] = bytes(len(into))
-

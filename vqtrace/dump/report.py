@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .analyze import QueueReport, anomaly_json, feature_names, layout_name
 from .elfnotes import summarize_notes
-from .scan import Candidate
 from .snapshot import Snapshot
+
+if TYPE_CHECKING:  # the analysis (numpy, the ring readers) loads only when a command needs it
+    from .analyze import QueueReport
+    from .scan import Candidate
 
 FORMAT_NAMES = {"elf": "ELF core", "kdump": "kdump-compressed dump", "raw": "raw RAM", "process": "running process"}
 
@@ -45,11 +47,13 @@ def info_text(snapshot: Snapshot) -> list[str]:
     lines = [describe(snapshot)]
     if doc["data_path"]:
         lines.append(f"  decompressed copy: {doc['data_path']}")
-    where = "host address" if snapshot.format == "process" else "file offset"
+    where = {"process": "host address", "kdump": None}.get(snapshot.format, "file offset")
     lines.append(f"  memory ranges (guest-physical), {human(snapshot.total_size)} in all:")
     for extent in snapshot.extents:
-        lines.append(f"    0x{extent.guest_addr:012x}-0x{extent.end - 1:012x}  {human(extent.size):>10}  "
-                     f"{where} 0x{extent.offset:x}" + (f"  {extent.name}" if extent.name else ""))
+        line = f"    0x{extent.guest_addr:012x}-0x{extent.end - 1:012x}  {human(extent.size):>10}"
+        if where:
+            line += f"  {where} 0x{extent.offset:x}"
+        lines.append(line + (f"  {extent.name}" if extent.name else ""))
     if snapshot.format in ("elf", "kdump"):
         lines.append(f"  CPUs: {doc['cpus']} (NT_PRSTATUS notes)")
         for name, count in doc["notes"].items():
@@ -57,7 +61,8 @@ def info_text(snapshot: Snapshot) -> list[str]:
         for key, value in (doc["vmcoreinfo"] or {}).items():
             lines.append(f"  VMCOREINFO {key}={value}")
     for key, value in snapshot.details.items():
-        lines.append(f"  {key}: {value}")
+        if value not in ("", None):
+            lines.append(f"  {key}: {value}")
     return lines
 
 
@@ -84,7 +89,22 @@ def scan_text(candidates: list[Candidate], verbose: bool = True) -> list[str]:
     return lines
 
 
-def queue_text(report: QueueReport) -> list[str]:
+MAX_CHAIN_LINES = 12
+
+
+def _rest(chains: list[Any]) -> str:
+    """``... 241 more: net RX buffer 1536 bytes x230, net RX buffer 2048 bytes x11``."""
+    counts: dict[str, int] = {}
+    for chain in chains:
+        counts[chain.summary] = counts.get(chain.summary, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{text} x{count}" for text, count in ranked[:3])
+    return f"    ... {len(chains)} more: {shown}" + (", ..." if len(ranked) > 3 else "")
+
+
+def queue_text(report: QueueReport, max_chains: int = MAX_CHAIN_LINES) -> list[str]:
+    from .analyze import feature_names, layout_name
+
     config, state, target = report.config, report.state, report.target
     lines = [f"{target.label}: {layout_name(config)}, size {config.size}"
              + (f"  [{target.note}]" if target.note else "")]
@@ -112,10 +132,13 @@ def queue_text(report: QueueReport) -> list[str]:
         lines.append(line)
     if report.in_flight:
         lines.append("  in flight:")
-        for chain in report.in_flight:
+        shown = report.in_flight if max_chains <= 0 else report.in_flight[:max_chains]
+        for chain in shown:
             where = f"slot {chain.position}" if config.packed else f"avail[{chain.position}]"
             state_text = f" ({chain.state})" if chain.state else ""
             lines.append(f"    {where} id {chain.id}: {chain.summary} in flight{state_text}")
+        if len(shown) < len(report.in_flight):
+            lines.append(_rest(report.in_flight[len(shown):]))
     else:
         lines.append("  nothing in flight")
     if report.completed:
@@ -133,6 +156,8 @@ def queue_text(report: QueueReport) -> list[str]:
 
 
 def analyze_json(snapshot: Snapshot, reports: list[QueueReport], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .analyze import anomaly_json
+
     anomalies = [anomaly_json(a) for r in reports for a in r.anomalies]
     doc: dict[str, Any] = {"snapshot": info_json(snapshot), "queues": [r.to_json() for r in reports],
                            "anomaly_count": len(anomalies)}

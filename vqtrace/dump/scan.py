@@ -65,6 +65,7 @@ _SPLIT_BAD = (~SPLIT_FLAG_BITS & 0xFFFF) << 32
 _PACKED_BAD = (~PACKED_FLAG_BITS & 0xFFFF) << 48
 _SPLIT_BAD16 = np.uint16(~SPLIT_FLAG_BITS & 0xFFFF)
 _PACKED_BAD16 = np.uint16(~PACKED_FLAG_BITS & 0xFFFF)
+_AU16 = np.uint16(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)
 _PACKED_AU = (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) << 48
 
 SPLIT_SIZES = tuple(1 << k for k in range(1, 16))  # 2.7: a power of 2, at most 32768
@@ -430,11 +431,23 @@ def score_packed(memory: GuestMemory, ram: _Ram, desc_addr: int, size: int) -> C
     s.add(15, float((lens <= MAX_PLAUSIBLE_LEN).mean()), "buffer lengths plausible")
     last = int(np.flatnonzero(nonzero)[-1]) + 1
     tight = last > size // 2 or size == 2
-    tail_raw = _view(memory, desc_addr + 16 * size, PAGE - (16 * size) % PAGE) if (16 * size) % PAGE else b""
-    tail_zero = tail_raw is not None and not any(bytes(tail_raw))
-    s.add(10, 1.0 if tight and tail_zero else 0.5 if tail_zero else 0.0,
-          "the ring fills its pages (the rest of the last page is zero)" if tail_zero
-          else "bytes follow the ring inside its last page")
+    tail_raw = _view(memory, desc_addr + 16 * size, PAGE - (16 * size) % PAGE) if (16 * size) % PAGE else None
+    # No tail when the ring ends on a page boundary: Linux gives it whole pages, what follows is unrelated.
+    tail_zero = tail_raw is None or not any(bytes(tail_raw))
+    follower = _view(memory, desc_addr + 16 * size, 16)
+    continues = False
+    if follower is not None and any(bytes(follower)):
+        next_slot = np.frombuffer(follower, dtype=PACKED_DTYPE)[0]
+        continues = (not next_slot["flags"] & _PACKED_BAD16 and bool(next_slot["flags"] & _AU16)
+                     and int(next_slot["id"]) < 2 * size)
+    if continues and tail_raw is None:
+        s.add(10, 0.5, "a descriptor-like slot starts the next page")
+    elif tail_zero:
+        s.add(10, 1.0 if tight else 0.5, "the ring fills its pages (the rest of the last page is zero)")
+    elif continues:
+        s.add(10, 0.0, "a descriptor-like slot follows: the ring may be longer")
+    else:
+        s.add(10, 0.5, "other bytes follow the ring")
     s.add(10, 1.0, "page-aligned descriptor ring (Linux vring_alloc_queue_packed)")
     candidate = Candidate(Layout.PACKED, size, desc_addr, 0, 0, s.value, s.evidence, s.problems, None,
                           {"next_avail": next_avail, "avail_wrap": int(wrap), "pending_slots": int(pending.sum())})

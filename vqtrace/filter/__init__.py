@@ -115,15 +115,17 @@ def fields_of(roots: Iterable[Field]) -> dict[str, list[Any]]:
     """``{abbreviation: [values]}`` of field trees, for :meth:`Filter.matches`.
 
     Protocol and subtree nodes are included with the value None, so a filter can
-    test their presence; values keep tree order.
+    test their presence; values keep tree order. An array's own node is left out (its
+    entries carry the same abbreviation and the values; an empty array is no field, as
+    in Wireshark, where the plugin shows it as a text item).
     """
     out: dict[str, list[Any]] = {}
     for root in roots:
         for node in root.walk():
-            values = out.setdefault(node.abbrev, [])
-            if node.value is None and any(child.abbrev == node.abbrev for child in node.children):
-                continue  # an array node: its entries carry the same abbreviation and the values
-            values.append(node.value)
+            if node.value is None and node.label.endswith(" entries)") and all(
+                    child.abbrev == node.abbrev for child in node.children):
+                continue
+            out.setdefault(node.abbrev, []).append(node.value)
     return out
 
 

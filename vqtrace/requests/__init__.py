@@ -29,13 +29,25 @@ Queues (:mod:`.context`)
 
 Decoding (:func:`decode_request`)
     ``decode_request(ctx, readable, written=None, used_len=None, *, readable_lens=None,
-    writable_lens=None, written_base=None, lazy=False, continuation=False)``.
+    writable_lens=None, written_base=None, lazy=False, continuation=False, role=None,
+    written_tail=None)``.
     ``written`` is the device-writable part after use, from its start: all of it, or
     only its first bytes (a trace may keep just ``used_len`` bytes; then a blk status
     byte, the last writable byte, is known only if the capture reaches it:
     ``writable_lens`` tell the part's size). None while the chain is in flight. The
     call never raises: bytes that do not dissect become :class:`Problem` entries and
     ``data`` trees (Wireshark's ``data.data``/``data.len``) holding the raw bytes.
+    ``readable_lens`` summing to more than ``readable`` holds mean a cut capture: the
+    summary gives the chain's true lengths, with a NOT_CAPTURED note. ``role`` overrides
+    the queue numbering: a trace record's role name ("RX", "TX", "CONTROL", "EVENT",
+    "CONTROL_RX", "INFLATE", ...), a kind ("receiveq") or a Role. ``written_tail``: the
+    last bytes of the writable part when ``written`` stops short (blk reads its status
+    there).
+
+    ``decode_chain(ctx, memory, chain, used_len=None, *, lazy=False, limit=1 MiB)``
+    (:mod:`.chains`) reads a :class:`~vqtrace.model.Chain` from a GuestMemory (the
+    status end of a big blk read too) and decodes it; unreadable buffers are an
+    UNREADABLE problem.
 
     With ``lazy=True`` only the summary, ``response``, ``info`` and the framing
     problems are computed (``struct`` code, microseconds per chain: what ``vqtrace
@@ -50,8 +62,10 @@ Decoding (:func:`decode_request`)
     or "note"), ``errors``, ``info`` (type, sector, data_len, frame_len, opcode,
     status, num_buffers, ...), ``readable_len``, ``writable_len``, ``written_len``,
     ``used_len``, ``complete``; ``trees`` (list of :class:`~vqtrace.dissectors.tree.Field`
-    roots, one per protocol layer), ``fields()`` ({abbreviation: value}), ``text()``
-    (tshark -V style lines), ``to_json()``.
+    roots, one per protocol layer), ``fields()`` ({abbreviation: value}),
+    ``filter_values()`` ({abbreviation: [values]} for ``compile_filter(...).matches``,
+    with Wireshark's hidden ``ip.addr``/``ipv6.addr``/``eth.addr``/``tcp.port``/
+    ``udp.port``), ``text()`` (tshark -V style lines), ``to_json()``.
 
 Trees, and how a Wireshark plugin reproduces them
     Tree offsets count in ``readable + written`` (written from ``written_base``, by
@@ -97,7 +111,8 @@ Field catalogs
 """
 
 from ..dissectors.walk import FieldSpec
-from .context import DEVICE_IDS, QueueContext, Role, device_name, queue_role
+from .chains import decode_chain
+from .context import DEVICE_IDS, QueueContext, Role, device_name, queue_role, role_named
 from .decode import decode_request
 from .ethernet import ETHERNET_FIELDS, frame_summary, frame_trees
 from .net import RxAssembler, join_rx_buffers
@@ -122,6 +137,7 @@ __all__ = [
     "QueueContext",
     "Role",
     "RxAssembler",
+    "decode_chain",
     "decode_request",
     "device_name",
     "frame_summary",
@@ -129,4 +145,5 @@ __all__ = [
     "join_rx_buffers",
     "queue_role",
     "request_fields",
+    "role_named",
 ]

@@ -36,7 +36,7 @@ def _whole(req: DeviceRequest, data: bytes, size: int, what: str, section: str) 
 def _tail(req: DeviceRequest, data: bytes, used: int) -> None:
     if used < len(data):
         rest = data[used:]
-        req.defer(lambda: raw_tree(rest, used, "Trailing bytes"), rest, used)
+        req.defer(lambda r: raw_tree(rest, used, "Trailing bytes"), rest, used)
 
 
 def decode_pfns(req: DeviceRequest, parts: Parts) -> None:
@@ -52,7 +52,7 @@ def decode_pfns(req: DeviceRequest, parts: Parts) -> None:
     req.summary = text
     whole = data[:count * layout.PFN_SIZE]
     if whole:
-        req.defer(lambda: dissect(req, "virtio_balloon.pfns", whole, 0), whole, 0)
+        req.defer(lambda r: dissect(r, "virtio_balloon.pfns", whole, 0), whole, 0)
     _tail(req, data, len(whole))
 
 
@@ -66,7 +66,7 @@ def decode_stats(req: DeviceRequest, parts: Parts) -> None:
         tree = dissect(req, "virtio_balloon.stats", whole, 0)
         req.summary = get_layer("virtio_balloon.stats").summary(tree) if tree.abbrev != "data" \
             else f"balloon stats {count}"
-        req.defer(lambda: tree)
+        req.defer(lambda r: tree)
     else:
         req.summary = "balloon stats (none)"
     _tail(req, data, len(whole))
@@ -79,13 +79,13 @@ def decode_free_page(req: DeviceRequest, parts: Parts) -> None:
         if len(data) < 4:
             req.problem("SHORT_HEADER", f"a command ID needs 4 bytes, the buffer has {len(data)}", section, 0)
             req.summary = f"balloon free page hint ? ({len(data)} bytes)"
-            req.defer(lambda: raw_tree(data, 0, "Command ID, short"), data, 0)
+            req.defer(lambda r: raw_tree(data, 0, "Command ID, short"), data, 0)
             return
         cmd_id, = struct.unpack_from("<I", data)
         req.info["cmd_id"] = cmd_id
         name = _CMD_IDS.get(cmd_id, str(cmd_id)).removeprefix("VIRTIO_BALLOON_CMD_ID_")
         req.summary = f"balloon free page hint cmd_id={name}"
-        req.defer(lambda: dissect(req, "virtio_balloon.free_page_hint", data[:4], 0), data, 0)
+        req.defer(lambda r: dissect(r, "virtio_balloon.free_page_hint", data[:4], 0), data, 0)
         _tail(req, data, 4)
         if parts.writable_len:
             req.problem("MIXED", "a command ID buffer with device-writable pages: the driver sends them as "

@@ -51,7 +51,7 @@ def decode(req: DeviceRequest, parts: Parts) -> None:
                     f"device-readable bytes, the chain has {len(readable)}", SECTION, 0)
         req.summary = f"blk ? (header of {len(readable)} bytes)"
         if readable:
-            req.defer(lambda: raw_tree(readable, 0, "Block request header, short"), readable, 0)
+            req.defer(lambda r: raw_tree(readable, 0, "Block request header, short"), readable, 0)
         _raw_written(req, parts)
         return
     rtype, _reserved, sector = _HDR.unpack_from(readable)
@@ -61,13 +61,14 @@ def decode(req: DeviceRequest, parts: Parts) -> None:
     if kind in layout.SECTOR_TYPES:
         text += f" sector={sector}"
     payload_len = len(readable) - layout.REQ_HDR_SIZE
+    payload_total = max(parts.readable_total - layout.REQ_HDR_SIZE, payload_len)  # a capture may hold fewer
     if kind in layout.WRITE_TYPES:
-        req.info["data_len"] = payload_len
-        text += f" len={payload_len}"
+        req.info["data_len"] = payload_total
+        text += f" len={payload_total}"
     elif kind in layout.SEGMENT_TYPES:
         text += _segments(req, readable, payload_len)
-    elif payload_len and kind not in SCSI_TYPES:
-        req.problem("EXTRA_READABLE", f"{payload_len} device-readable bytes after the header: a "
+    elif payload_total and kind not in SCSI_TYPES:
+        req.problem("EXTRA_READABLE", f"{payload_total} device-readable bytes after the header: a "
                     f"{type_name(rtype)} request has no readable data", SECTION, layout.REQ_HDR_SIZE)
     _framing(req, parts)
 
@@ -88,10 +89,10 @@ def decode(req: DeviceRequest, parts: Parts) -> None:
     whole = len(readable)
     if kind in layout.SEGMENT_TYPES:  # whole segments only: a partial one stays raw (the problem is told)
         whole = layout.REQ_HDR_SIZE + payload_len // layout.DWZ_SEG_SIZE * layout.DWZ_SEG_SIZE
-    req.defer(lambda: dissect(req, "virtio_blk.req", readable[:whole], 0), readable, 0)
+    req.defer(lambda r: dissect(r, "virtio_blk.req", readable[:whole], 0), readable, 0)
     if whole < len(readable):
         tail = readable[whole:]
-        req.defer(lambda: raw_tree(tail, whole, "Partial segment"), tail, whole)
+        req.defer(lambda r: raw_tree(tail, whole, "Partial segment"), tail, whole)
     if parts.used:
         text += _response(req, parts, kind, status_size)
     req.summary = text
@@ -135,46 +136,53 @@ def _response(req: DeviceRequest, parts: Parts, kind: int, status_size: int) -> 
     if parts.used_len is not None and not legacy and writable >= status_size and parts.used_len < writable:
         req.note("USED_LEN_SHORT", f"used length {parts.used_len} does not cover the status byte at writable "
                  f"offset {writable - 1}: a driver must not rely on bytes beyond it", "virtio 1.4, 2.7.8.3")
-    if written is None or not parts.written_whole or len(written) < status_size:
+    tail = parts.written_tail
+    if written is not None and parts.written_whole and len(written) >= status_size:
+        status_at = len(written) - status_size  # the status closes the writable part
+        data, status_bytes = written[:status_at], written[status_at:]
+    elif tail is not None and len(tail) >= status_size and parts.writable_lens is not None \
+            and writable >= status_size:
+        status_at = writable - status_size  # a capture of the start and of the end of the writable part
+        data, status_bytes = (written or b"")[:status_at], tail[-status_size:]
+    else:
         if written is not None and writable >= status_size:
             req.note("NOT_CAPTURED", f"the capture holds {len(written)} of the {writable} device-writable bytes: "
                      "no status byte", SECTION)
         if written:
-            req.defer(lambda: raw_tree(written, base, "Written data"), written, base)
+            req.defer(lambda r: raw_tree(written, base, "Written data"), written, base)
         return " -> ?"
-    status_at = len(written) - status_size
-    status = written[-1]
+    status = status_bytes[-1]
     req.response = status_name(status)
     req.info["status"] = status
     text = f" -> {req.response}"
     if kind == ZONE_APPEND:
-        append_sector, = struct.unpack_from("<Q", written, status_at)
+        append_sector, = struct.unpack_from("<Q", status_bytes)
         req.info["append_sector"] = append_sector
         if status == 0:
             text += f" append_sector={append_sector}"
-    elif kind == GET_ID and status_at:
-        ident = written[:min(status_at, layout.VIRTIO_BLK_ID_BYTES)].split(b"\0", 1)[0].decode("utf-8", "replace")
+    elif kind == GET_ID and data:
+        ident = data[:layout.VIRTIO_BLK_ID_BYTES].split(b"\0", 1)[0].decode("utf-8", "replace")
         req.info["id"] = ident
         if status == 0:
             text += f" id={ident!r}"
-    elif kind == GET_LIFETIME and status_at >= LIFETIME_SIZE and status == 0:
-        eol, a, b = struct.unpack_from("<HHH", written)
+    elif kind == GET_LIFETIME and len(data) >= LIFETIME_SIZE and status == 0:
+        eol, a, b = struct.unpack_from("<HHH", data)
         text += f" {_EOL_NAMES.get(eol, str(eol)).removeprefix('VIRTIO_BLK_PRE_EOL_INFO_')} a={a} b={b}"
-    elif kind == ZONE_REPORT and status_at >= 8 and status == 0:
-        nr_zones, = struct.unpack_from("<Q", written)
+    elif kind == ZONE_REPORT and len(data) >= 8 and status == 0:
+        nr_zones, = struct.unpack_from("<Q", data)
         req.info["nr_zones"] = nr_zones
         text += f" nr_zones={nr_zones}"
 
     params = {"request_type": ZONE_APPEND} if kind == ZONE_APPEND else None
 
-    def build() -> list:
+    def build(r: DeviceRequest) -> list:
         trees = []
-        if status_at:
-            trees.append(_data_tree(req, kind, written[:status_at], base))
-        trees.append(dissect(req, "virtio_blk.status", written[status_at:], base + status_at, params))
+        if data:
+            trees.append(_data_tree(r, kind, data, base))
+        trees.append(dissect(r, "virtio_blk.status", status_bytes, base + status_at, params))
         return trees
 
-    req.defer(build, written, base)
+    req.defer(build, written or status_bytes, base)
     return text
 
 
@@ -193,4 +201,4 @@ def _data_tree(req: DeviceRequest, kind: int, data: bytes, base: int):
 def _raw_written(req: DeviceRequest, parts: Parts) -> None:
     if parts.written:
         written, base = parts.written, parts.written_base
-        req.defer(lambda: raw_tree(written, base, "Written data"), written, base)
+        req.defer(lambda r: raw_tree(written, base, "Written data"), written, base)

@@ -25,14 +25,15 @@ def decode_data(req: DeviceRequest, parts: Parts) -> None:
         if parts.writable_len:
             req.problem("WRITABLE_TX", f"{parts.writable_len} device-writable bytes on a transmitq",
                         DRIVER_SECTION)
-        req.info["data_len"] = len(data)
-        req.summary = f"console TX {port} {len(data)} bytes {text_preview(data)}"
-        req.defer(lambda: dissect(req, "virtio_console.data", data, 0), data, 0)
+        total = max(parts.readable_total, len(data))
+        req.info["data_len"] = total
+        req.summary = f"console TX {port} {total} bytes {text_preview(data)}"
+        req.defer(lambda r: dissect(r, "virtio_console.data", data, 0), data, 0)
         return
     if parts.readable:
         req.problem("READABLE_RX", f"{len(parts.readable)} device-readable bytes on a receiveq", DRIVER_SECTION)
         readable = parts.readable
-        req.defer(lambda: raw_tree(readable, 0, "Device-readable data"), readable, 0)
+        req.defer(lambda r: raw_tree(readable, 0, "Device-readable data"), readable, 0)
     if not parts.used:
         req.summary = f"console RX {port} buffer {parts.writable_len or 0} bytes"
         return
@@ -42,7 +43,7 @@ def decode_data(req: DeviceRequest, parts: Parts) -> None:
     data, base = parts.device_wrote(), parts.written_base
     req.info["data_len"] = len(data)
     req.summary = f"console RX {port} {len(data)} bytes {text_preview(data)}"
-    req.defer(lambda: dissect(req, "virtio_console.data", data, base), data, base)
+    req.defer(lambda r: dissect(r, "virtio_console.data", data, base), data, base)
 
 
 def decode_control(req: DeviceRequest, parts: Parts) -> None:
@@ -68,7 +69,7 @@ def decode_control(req: DeviceRequest, parts: Parts) -> None:
                     f"has {len(data)}", CONTROL_SECTION, base)
         req.summary = f"console ctrl ? ({len(data)} bytes)"
         if data:
-            req.defer(lambda: raw_tree(data, base, "Console control message, short"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "Console control message, short"), data, base)
         return
     tree = dissect(req, "virtio_console.ctrl", data, base)
     req.info.update(id=int.from_bytes(data[:4], "little"), event=int.from_bytes(data[4:6], "little"))
@@ -76,4 +77,4 @@ def decode_control(req: DeviceRequest, parts: Parts) -> None:
         req.summary = get_layer("virtio_console.ctrl").summary(tree)
     else:
         req.summary = f"console ctrl event={req.info['event']} id={req.info['id']}"
-    req.defer(lambda: tree)
+    req.defer(lambda r: tree)

@@ -248,3 +248,41 @@ _ROLES = {
     "scsi": _scsi,
     "vsock": _vsock,
 }
+
+
+# The role names a trace record stores (dissectors/record.py ROLES) -> this device's queue kind
+_RECORD_ROLES: dict[str, dict[str, str]] = {
+    "REQUEST": {"blk": "requestq", "scsi": "requestq", "rng": "requestq"},
+    "RX": {"net": "receiveq", "vsock": "rx", "console": "receiveq"},
+    "TX": {"net": "transmitq", "vsock": "tx", "console": "transmitq"},
+    "CONTROL": {"net": "controlq", "scsi": "controlq"},
+    "EVENT": {"scsi": "eventq", "vsock": "event"},
+    "CONTROL_RX": {"console": "control receiveq"},
+    "CONTROL_TX": {"console": "control transmitq"},
+    "INFLATE": {"balloon": "inflateq"},
+    "DEFLATE": {"balloon": "deflateq"},
+    "STATS": {"balloon": "statsq"},
+    "FREE_PAGE": {"balloon": "free_page_vq"},
+    "REPORTING": {"balloon": "reporting_vq"},
+}
+
+
+def role_named(ctx: QueueContext, name: str) -> Role:
+    """The role ``name`` on ``ctx``'s device: a queue kind (``"receiveq"``) or a trace record's role name
+    (``"RX"``, ``"CONTROL"``, ``"INFLATE"``, ...), for callers that know the role without the numbering.
+
+    An unknown name, or one the device has no queue for, gives the ``unknown`` role.
+    """
+    kind = _RECORD_ROLES.get(name.upper(), {}).get(ctx.device, name)
+    computed = queue_role(ctx)
+    if computed.kind == kind:
+        return computed
+    if kind not in {k for table in _RECORD_ROLES.values() for k in table.values()}:
+        return Role("unknown", f"queue{ctx.queue}")
+    number = None
+    if ctx.device == "console" and kind in ("receiveq", "transmitq"):
+        number = 0 if ctx.queue < 2 else (ctx.queue - 4) // 2 + 1
+    elif ctx.device == "net" and kind in ("receiveq", "transmitq"):
+        number = ctx.queue // 2 + 1
+    name_out = f"{kind}(port{number})" if ctx.device == "console" and number is not None else kind
+    return Role(kind, name_out, number)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import balloon, blk, console, net, rng, scsi, vsock
-from .context import DECODED_DEVICES, QueueContext, Role, queue_role
+from .context import DECODED_DEVICES, QueueContext, Role, queue_role, role_named
 from .request import DeviceRequest, Parts, raw_tree
 
 USED_SECTION = "virtio 1.4, 2.7.8"
@@ -15,7 +15,8 @@ USED_SECTION = "virtio 1.4, 2.7.8"
 def decode_request(ctx: QueueContext, readable: bytes = b"", written: bytes | None = None,
                    used_len: int | None = None, *, readable_lens: Sequence[int] | None = None,
                    writable_lens: Sequence[int] | None = None, written_base: int | None = None,
-                   lazy: bool = False, continuation: bool = False) -> DeviceRequest:
+                   lazy: bool = False, continuation: bool = False, role: Role | str | None = None,
+                   written_tail: bytes | None = None) -> DeviceRequest:
     """Decode one chain of queue ``ctx.queue`` as a device request; never raises for any bytes.
 
     ``readable``: the chain's device-readable bytes, in descriptor order. ``written``:
@@ -28,10 +29,22 @@ def decode_request(ctx: QueueContext, readable: bytes = b"", written: bytes | No
     ``lazy``: build the field trees only when ``.trees`` is first read (a summary costs
     microseconds then). ``continuation``: a net receive buffer that continues a
     merged packet (no header; see :class:`~vqtrace.requests.net.RxAssembler`).
+    ``role``: the queue's role when the caller knows it better than the queue numbering
+    (a trace record's role name such as "RX" or "CONTROL", a kind such as "receiveq",
+    or a :class:`Role`); by default :func:`queue_role` of ``ctx``. ``written_tail``: the
+    last bytes of the writable part when ``written`` stops short of them (a capture that
+    kept the start and the end of a big read: blk takes its status from them; needs
+    ``writable_lens``).
     """
-    role = queue_role(ctx)
+    if role is None:
+        role = ctx.__dict__.get("_role")  # cached on the (frozen) context: the numbering is fixed
+        if role is None:
+            role = queue_role(ctx)
+            object.__setattr__(ctx, "_role", role)
+    elif isinstance(role, str):
+        role = role_named(ctx, role)
     parts = Parts(ctx, role, bytes(readable), None if written is None else bytes(written), used_len, readable_lens,
-                  writable_lens, written_base)
+                  writable_lens, written_base, None if written_tail is None else bytes(written_tail))
     return decode_parts(parts, lazy=lazy, continuation=continuation)
 
 
@@ -41,6 +54,7 @@ def decode_parts(parts: Parts, *, lazy: bool = False, **options: Any) -> DeviceR
     req = DeviceRequest(ctx.device, role, parts)
     try:
         _check_used(req, parts)
+        _check_capture(req, parts)
         decoder = _decoder(ctx.device, role, parts)
         if decoder is None:
             _generic(req, parts)
@@ -85,6 +99,13 @@ def _check_used(req: DeviceRequest, parts: Parts) -> None:
                     "device-writable bytes", USED_SECTION)
 
 
+def _check_capture(req: DeviceRequest, parts: Parts) -> None:
+    """A note when the readable bytes given are fewer than the descriptors hold (a capture's snap length)."""
+    total = parts.readable_total
+    if total > len(parts.readable):
+        req.note("NOT_CAPTURED", f"the capture holds {len(parts.readable)} of the {total} device-readable bytes")
+
+
 def _generic(req: DeviceRequest, parts: Parts) -> None:
     ctx, role = parts.ctx, parts.role
     if role.kind == "unknown" and not role.exists:
@@ -100,11 +121,11 @@ def _generic(req: DeviceRequest, parts: Parts) -> None:
 def _raw_parts(req: DeviceRequest, parts: Parts) -> None:
     if parts.readable:
         readable = parts.readable
-        req.defer(lambda: raw_tree(readable, 0, "Device-readable data"), readable, 0)
+        req.defer(lambda r: raw_tree(readable, 0, "Device-readable data"), readable, 0)
     if parts.written:
         written, base = parts.device_wrote(), parts.written_base
         if written:
-            req.defer(lambda: raw_tree(written, base, "Device-written data"), written, base)
+            req.defer(lambda r: raw_tree(written, base, "Device-written data"), written, base)
 
 
 _DECODERS: dict[str, dict[str, Any]] = {

@@ -15,7 +15,7 @@ scapy is imported on first use of :func:`frame_trees` (``scapy.layers.l2``, ``in
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +40,15 @@ VLAN_TYPES = frozenset({0x8100, 0x88A8})
 
 
 def mac(data: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in data)
+    return data.hex(":")
+
+
+def ipv4(data: bytes) -> str:
+    return socket.inet_ntoa(data)
+
+
+def ipv6(data: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, data)
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,8 +85,8 @@ def _arp_summary(frame: bytes, off: int) -> str:
     htype, ptype, hlen, plen, opcode = struct.unpack_from(">HHBBH", frame, off)
     if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4):
         return f"ARP op={opcode}"
-    sha, spa = mac(frame[off + 8:off + 14]), ipaddress.IPv4Address(frame[off + 14:off + 18])
-    tpa = ipaddress.IPv4Address(frame[off + 24:off + 28])
+    sha, spa = mac(frame[off + 8:off + 14]), ipv4(frame[off + 14:off + 18])
+    tpa = ipv4(frame[off + 24:off + 28])
     if opcode == 1:
         return f"ARP who-has {tpa} tell {spa}"
     if opcode == 2:
@@ -91,7 +99,7 @@ def _ipv4_summary(frame: bytes, off: int) -> str:
         return "IPv4"
     ihl = (frame[off] & 0x0F) * 4
     flags_frag, _ttl, proto = struct.unpack_from(">HBB", frame, off + 6)
-    text = f"IPv4 {ipaddress.IPv4Address(frame[off + 12:off + 16])} > {ipaddress.IPv4Address(frame[off + 16:off + 20])}"
+    text = f"IPv4 {ipv4(frame[off + 12:off + 16])} > {ipv4(frame[off + 16:off + 20])}"
     if flags_frag & 0x3FFF:  # MF or a fragment offset
         return text + f" {IP_PROTOCOLS.get(proto, f'proto={proto}')} fragment"
     return text + " " + _l4_summary(frame, off + max(ihl, 20), proto)
@@ -101,7 +109,7 @@ def _ipv6_summary(frame: bytes, off: int) -> str:
     if len(frame) < off + 40:
         return "IPv6"
     nxt = frame[off + 6]
-    text = f"IPv6 {ipaddress.IPv6Address(frame[off + 8:off + 24])} > {ipaddress.IPv6Address(frame[off + 24:off + 40])}"
+    text = f"IPv6 {ipv6(frame[off + 8:off + 24])} > {ipv6(frame[off + 24:off + 40])}"
     off += 40
     for _ in range(8):  # bounded walk over extension headers
         if nxt not in IPV6_EXT_HEADERS or len(frame) < off + 8:
@@ -382,6 +390,17 @@ _MAPPERS: dict[str, Callable[[_Frame, Any, int], tuple[Field, int]]] = {
 }
 
 
+#: Wireshark's hidden "either" fields (``ip.addr == X`` matches the source or the destination): they are
+#: in no tree, :meth:`DeviceRequest.filter_values` adds them, from the fields they stand for.
+HIDDEN_FIELDS = {
+    "eth.addr": ("eth.src", "eth.dst"),
+    "ip.addr": ("ip.src", "ip.dst"),
+    "ipv6.addr": ("ipv6.src", "ipv6.dst"),
+    "tcp.port": ("tcp.srcport", "tcp.dstport"),
+    "udp.port": ("udp.srcport", "udp.dstport"),
+}
+
+
 def _spec(abbrev: str, label: str, kind: str, base: str = "DEC", names: dict[int, str] | None = None) -> FieldSpec:
     return FieldSpec(abbrev, label, kind, base, dict(names or {}))
 
@@ -435,4 +454,8 @@ ETHERNET_FIELDS: list[FieldSpec] = [
     _spec("icmpv6", "Internet Control Message Protocol v6", "none"),
     _spec("icmpv6.type", "Type", "uint8", names=ICMPV6_TYPES), _spec("icmpv6.code", "Code", "uint8"),
     _spec("icmpv6.checksum", "Checksum", "uint16", "HEX"),
+    _spec("eth.addr", "Address", "string"), _spec("ip.addr", "Source or Destination Address", "string"),
+    _spec("ipv6.addr", "Source or Destination Address", "string"),
+    _spec("tcp.port", "Source or Destination Port", "uint16"),
+    _spec("udp.port", "Source or Destination Port", "uint16"),
 ]

@@ -53,10 +53,10 @@ def _hdr_text(req: DeviceRequest, hdr: bytes) -> str:
 def _frame(req: DeviceRequest, frame: bytes, base: int) -> None:
     """Defer the frame's trees; a frame scapy cannot take becomes a problem and raw bytes."""
 
-    def build() -> list:
+    def build(r: DeviceRequest) -> list:
         trees, problems = frame_trees(frame, base)
         for text in problems:
-            req.problem("SHORT_FRAME", text, SECTION, base)
+            r.problem("SHORT_FRAME", text, SECTION, base)
         return trees or ([raw_tree(frame, base, "Frame")] if frame else [])
 
     req.defer(build, frame, base)
@@ -73,16 +73,17 @@ def decode_tx(req: DeviceRequest, parts: Parts) -> None:
                     TX_SECTION, 0)
         req.summary = f"net TX ? (header of {len(readable)} bytes)"
         if readable:
-            req.defer(lambda: raw_tree(readable, 0, "Virtio network header, short"), readable, 0)
+            req.defer(lambda r: raw_tree(readable, 0, "Virtio network header, short"), readable, 0)
         return
     _framing(req, parts, parts.readable_lens, size)
     frame = readable[size:]
-    req.info["frame_len"] = len(frame)
-    req.summary = f"net TX {len(frame)} bytes {frame_summary(frame)}{_hdr_text(req, readable)}"
+    frame_len = max(parts.readable_total - size, len(frame))  # a capture may hold fewer bytes than the chain
+    req.info["frame_len"] = frame_len
+    req.summary = f"net TX {frame_len} bytes {frame_summary(frame)}{_hdr_text(req, readable)}"
     params = _params(parts.ctx)
-    req.defer(lambda: dissect(req, "virtio_net.hdr", readable[:size], 0, params), readable, 0)
+    req.defer(lambda r: dissect(r, "virtio_net.hdr", readable[:size], 0, params), readable, 0)
     _frame(req, frame, size)
-    if parts.used_len and not parts.ctx.legacy:
+    if parts.used_len and not parts.ctx.legacy and parts.writable_lens is None:  # else USED_LEN said it
         req.note("USED_LEN", f"used length {parts.used_len} on a transmitq, where the device writes nothing",
                  TX_SECTION)
 
@@ -93,7 +94,7 @@ def decode_rx(req: DeviceRequest, parts: Parts, *, continuation: bool = False, j
         req.problem("READABLE_RX", f"{len(parts.readable)} device-readable bytes on a receiveq: receive buffers "
                     "are device-writable only", "virtio 1.4, 5.1.9.3")
         readable = parts.readable
-        req.defer(lambda: raw_tree(readable, 0, "Device-readable data"), readable, 0)
+        req.defer(lambda r: raw_tree(readable, 0, "Device-readable data"), readable, 0)
     if not parts.used:
         req.summary = f"net RX buffer {parts.writable_len or 0} bytes"
         return
@@ -106,7 +107,7 @@ def decode_rx(req: DeviceRequest, parts: Parts, *, continuation: bool = False, j
         req.summary = f"net RX continuation {len(data)} bytes"
         req.info["frame_len"] = len(data)
         if data:
-            req.defer(lambda: raw_tree(data, base, "Packet continued"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "Packet continued"), data, base)
         return
     size = hdr_size(ctx)
     if len(data) < size:
@@ -114,7 +115,7 @@ def decode_rx(req: DeviceRequest, parts: Parts, *, continuation: bool = False, j
                     "virtio_net_hdr", RX_SECTION, base)
         req.summary = f"net RX ? (header of {len(data)} bytes)"
         if data:
-            req.defer(lambda: raw_tree(data, base, "Virtio network header, short"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "Virtio network header, short"), data, base)
         return
     _framing(req, parts, parts.writable_lens, size)
     frame = data[size:]
@@ -140,7 +141,7 @@ def decode_rx(req: DeviceRequest, parts: Parts, *, continuation: bool = False, j
     req.info["frame_len"] = len(frame)
     req.summary = f"{text} {frame_summary(frame)}{_hdr_text(req, data)}"
     params = _params(ctx)
-    req.defer(lambda: dissect(req, "virtio_net.hdr", data[:size], base, params), data, base)
+    req.defer(lambda r: dissect(r, "virtio_net.hdr", data[:size], base, params), data, base)
     _frame(req, frame, base + size)
 
 
@@ -182,7 +183,7 @@ def decode_ctrl(req: DeviceRequest, parts: Parts) -> None:
             if not no_room and (parts.written is not None or parts.used_len == 0):
                 req.problem("NO_ACK", "the device used the command without writing the ack", CTRL_SECTION)
         req.summary += f" -> {req.response}"
-    req.defer(lambda: trees)
+    req.defer(lambda r: trees)
 
 
 def join_rx_buffers(ctx: QueueContext, buffers: Sequence[bytes], used_lens: Sequence[int | None] | None = None,

@@ -51,11 +51,12 @@ class Problem:
 class Parts:
     """The chain's bytes as :func:`~vqtrace.requests.decode_request` was given them."""
 
-    __slots__ = ("ctx", "readable", "readable_lens", "role", "used_len", "writable_lens", "written", "written_base")
+    __slots__ = ("ctx", "readable", "readable_lens", "role", "used_len", "writable_lens", "written", "written_base",
+                 "written_tail")
 
     def __init__(self, ctx: QueueContext, role: Role, readable: bytes, written: bytes | None, used_len: int | None,
                  readable_lens: Sequence[int] | None, writable_lens: Sequence[int] | None,
-                 written_base: int | None) -> None:
+                 written_base: int | None, written_tail: bytes | None = None) -> None:
         self.ctx = ctx
         self.role = role
         self.readable = readable
@@ -64,11 +65,17 @@ class Parts:
         self.readable_lens = tuple(readable_lens) if readable_lens is not None else None
         self.writable_lens = tuple(writable_lens) if writable_lens is not None else None
         self.written_base = len(readable) if written_base is None else written_base
+        self.written_tail = written_tail
 
     @property
     def used(self) -> bool:
         """The device has used the chain (its written bytes or used length are given)."""
         return self.written is not None or self.used_len is not None
+
+    @property
+    def readable_total(self) -> int:
+        """Bytes of the chain's device-readable part: the descriptor lengths, else the bytes given."""
+        return sum(self.readable_lens) if self.readable_lens is not None else len(self.readable)
 
     @property
     def writable_len(self) -> int | None:
@@ -92,7 +99,9 @@ class Parts:
         return data
 
 
-TreeThunk = Callable[[], "Field | list[Field] | None"]
+#: Builds trees for the request it is given (it must not hold the request itself: no reference cycles,
+#: so a request is freed at once, without the cycle collector).
+TreeThunk = Callable[["DeviceRequest"], "Field | list[Field] | None"]
 
 
 class DeviceRequest:
@@ -155,6 +164,22 @@ class DeviceRequest:
         """``{abbreviation: value}`` over the trees (a repeated field gives a list), as ``tshark -T json``."""
         return flatten(self.trees)
 
+    def filter_values(self) -> dict[str, list[Any]]:
+        """``{abbreviation: [values]}`` for a display filter: every node of the trees, in tree order, plus
+        Wireshark's hidden either-way fields (``ip.addr``, ``tcp.port``, ``eth.addr``, ...)."""
+        from .ethernet import HIDDEN_FIELDS
+
+        hidden_of = {source: hidden for hidden, sources in HIDDEN_FIELDS.items() for source in sources}
+        out: dict[str, list[Any]] = {}
+        for tree in self.trees:
+            for node in tree.walk():
+                if node.value is not None:
+                    out.setdefault(node.abbrev, []).append(node.value)
+                    hidden = hidden_of.get(node.abbrev)
+                    if hidden is not None:  # in tree order, as Wireshark adds them
+                        out.setdefault(hidden, []).append(node.value)
+        return out
+
     def text(self) -> list[str]:
         """The summary, the problems and the trees, as ``vqtrace show -V`` prints them."""
         lines = [self.summary]
@@ -196,7 +221,7 @@ class DeviceRequest:
         trees: list[Field] = []
         for thunk, data, base in self._thunks:
             try:
-                result = thunk()
+                result = thunk(self)
             except Exception as err:  # a bug must not lose the request: show the bytes, say what failed
                 self.problem("INTERNAL", f"decoder failed: {type(err).__name__}: {err}", offset=base)
                 result = raw_tree(data, base) if data else None

@@ -12,13 +12,13 @@ def decode(req: DeviceRequest, parts: Parts) -> None:
         req.problem("READABLE", f"{len(parts.readable)} device-readable bytes: the driver must not place "
                     "device-readable buffers in the requestq", "virtio 1.4, 5.4.6.1")
         readable = parts.readable
-        req.defer(lambda: raw_tree(readable, 0, "Device-readable data"), readable, 0)
+        req.defer(lambda r: raw_tree(readable, 0, "Device-readable data"), readable, 0)
     text = f"rng request {parts.writable_len or 0} bytes"
     if parts.used:
         if parts.written is not None:
             data, base = parts.device_wrote(), parts.written_base
             count = len(data)
-            req.defer(lambda: dissect(req, "virtio_rng.data", data, base), data, base)
+            req.defer(lambda r: dissect(r, "virtio_rng.data", data, base), data, base)
         else:
             count = parts.used_len or 0
         req.info["data_len"] = count

@@ -90,19 +90,19 @@ def decode_request(req: DeviceRequest, parts: Parts) -> None:
                     f"cdb_size={ctx.cdb_size}), the chain has {len(readable)}", REQUEST_SECTION, 0)
         req.summary = f"scsi ? (request of {len(readable)} bytes)"
         if readable:
-            req.defer(lambda: raw_tree(readable, 0, "SCSI request, short"), readable, 0)
+            req.defer(lambda r: raw_tree(readable, 0, "SCSI request, short"), readable, 0)
         _response(req, parts, None, 0)
         return
     lun, tag = readable[:8], struct.unpack_from("<Q", readable, 8)[0]
     pi_bytesout, pi_bytesin = struct.unpack_from("<II", readable, layout.CMD_REQ_HDR_SIZE) if pi else (0, 0)
     cdb = readable[cdb_at:need]
-    dataout = max(len(readable) - need - pi_bytesout, 0)
+    dataout = max(max(parts.readable_total, len(readable)) - need - pi_bytesout, 0)
     req.info.update(opcode=cdb[0] if cdb else None, id=tag, data_out=dataout)
     params = _params(parts, pi_bytesin)
     fast = rw_cdb_text(cdb)
     if fast is not None:
         req.summary = f"scsi {fast} {lun_text(lun)}" + (f" id={tag}" if tag else "")
-        req.defer(lambda: dissect(req, "virtio_scsi.cmd_req", readable, 0, params), readable, 0)
+        req.defer(lambda r: dissect(r, "virtio_scsi.cmd_req", readable, 0, params), readable, 0)
     else:
         tree = dissect(req, "virtio_scsi.cmd_req", readable, 0, params)
         if tree.abbrev == "data" or not cdb:
@@ -110,7 +110,7 @@ def decode_request(req: DeviceRequest, parts: Parts) -> None:
             req.summary = f"scsi {opcode} {lun_text(lun)}"
         else:
             req.summary = get_layer("virtio_scsi.cmd_req").summary(tree)
-        req.defer(lambda: tree)
+        req.defer(lambda r: tree)
     _response(req, parts, cdb, pi_bytesin)
 
 
@@ -131,7 +131,7 @@ def _response(req: DeviceRequest, parts: Parts, cdb: bytes | None, pi_bytesin: i
                     f"{layout.CMD_RESP_HDR_SIZE}-byte response header", REQUEST_SECTION, base)
         req.summary += " -> ?"
         if data:
-            req.defer(lambda: raw_tree(data, base, "SCSI response, short"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "SCSI response, short"), data, base)
         return
     sense_len, residual, _qualifier, status, response = _RESP.unpack_from(data)
     req.info.update(status=status, response=response, residual=residual, sense_len=sense_len)
@@ -162,10 +162,10 @@ def _response(req: DeviceRequest, parts: Parts, cdb: bytes | None, pi_bytesin: i
     req.summary += text
     params = _params(parts, pi_bytesin)
 
-    def build() -> list:
-        trees = [dissect(req, "virtio_scsi.cmd_resp", data, base, params)]
+    def build(r: DeviceRequest) -> list:
+        trees = [dissect(r, "virtio_scsi.cmd_resp", data, base, params)]
         if datain and cdb and response == 0 and status == t10.GOOD:
-            extra = _datain_tree(req, cdb, datain, base + datain_at)
+            extra = _datain_tree(r, cdb, datain, base + datain_at)
             if extra is not None:
                 trees.append(extra)
         return trees
@@ -222,7 +222,7 @@ def decode_control(req: DeviceRequest, parts: Parts) -> None:
             if parts.written is not None:
                 req.problem("SHORT_RESPONSE", f"the device wrote {len(data)} bytes, no response byte",
                             CONTROL_SECTION, base)
-    req.defer(lambda: trees)
+    req.defer(lambda r: trees)
 
 
 def decode_event(req: DeviceRequest, parts: Parts) -> None:
@@ -245,9 +245,9 @@ def decode_event(req: DeviceRequest, parts: Parts) -> None:
                     EVENT_SECTION, base)
         req.summary = f"scsi event ? ({len(data)} bytes)"
         if data:
-            req.defer(lambda: raw_tree(data, base, "SCSI event, short"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "SCSI event, short"), data, base)
         return
     tree = dissect(req, "virtio_scsi.event", data, base)
     req.info["event"] = struct.unpack_from("<I", data)[0]
     req.summary = get_layer("virtio_scsi.event").summary(tree) if tree.abbrev != "data" else "scsi event ?"
-    req.defer(lambda: tree)
+    req.defer(lambda r: tree)

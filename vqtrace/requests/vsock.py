@@ -56,7 +56,7 @@ def decode_packet(req: DeviceRequest, parts: Parts) -> None:
             req.problem("READABLE_RX", f"{len(parts.readable)} device-readable bytes on the rx queue",
                         PACKET_SECTION)
             readable = parts.readable
-            req.defer(lambda: raw_tree(readable, 0, "Device-readable data"), readable, 0)
+            req.defer(lambda r: raw_tree(readable, 0, "Device-readable data"), readable, 0)
         if not parts.used:
             req.summary = f"vsock RX buffer {parts.writable_len or 0} bytes"
             return
@@ -69,22 +69,22 @@ def decode_packet(req: DeviceRequest, parts: Parts) -> None:
                     f"{len(packet)}", SECTION, base)
         req.summary = f"vsock {word} ? (header of {len(packet)} bytes)"
         if packet:
-            req.defer(lambda: raw_tree(packet, base, "Virtio socket header, short"), packet, base)
+            req.defer(lambda r: raw_tree(packet, base, "Virtio socket header, short"), packet, base)
         return
     values = layout.HDR_STRUCT.unpack_from(packet)
     length = values[4]
     req.info.update(op=values[6], type=values[5], len=length, src_cid=values[0], dst_cid=values[1],
                     src_port=values[2], dst_port=values[3])
-    present = len(packet) - layout.HDR_SIZE
+    present = (max(parts.readable_total, len(packet)) if tx else len(packet)) - layout.HDR_SIZE
     if present < length and (tx or parts.written_whole or parts.used_len is not None):
         req.problem("SHORT_PAYLOAD", f"len is {length}, the buffer holds {present} payload bytes", PACKET_SECTION,
                     base + layout.HDR_SIZE)
     req.summary = f"vsock {word} {packet_summary(packet)}"
-    req.defer(lambda: dissect(req, "virtio_vsock.hdr", packet, base), packet, base)
+    req.defer(lambda r: dissect(r, "virtio_vsock.hdr", packet, base), packet, base)
     end = layout.HDR_SIZE + length
     if tx and present > length:
         rest = packet[end:]
-        req.defer(lambda: raw_tree(rest, base + end, "Bytes after the payload"), rest, base + end)
+        req.defer(lambda r: raw_tree(rest, base + end, "Bytes after the payload"), rest, base + end)
 
 
 def decode_event(req: DeviceRequest, parts: Parts) -> None:
@@ -102,9 +102,9 @@ def decode_event(req: DeviceRequest, parts: Parts) -> None:
                     "virtio 1.4, 5.10.6.7", base)
         req.summary = f"vsock event ? ({len(data)} bytes)"
         if data:
-            req.defer(lambda: raw_tree(data, base, "Virtio socket event, short"), data, base)
+            req.defer(lambda r: raw_tree(data, base, "Virtio socket event, short"), data, base)
         return
     tree = dissect(req, "virtio_vsock.event", data[:4], base)
     req.info["event"] = int.from_bytes(data[:4], "little")
     req.summary = get_layer("virtio_vsock.event").summary(tree) if tree.abbrev != "data" else "vsock event ?"
-    req.defer(lambda: tree)
+    req.defer(lambda r: tree)

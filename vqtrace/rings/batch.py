@@ -27,7 +27,7 @@ from ..dissectors.virtqueue import (
 )
 from ..memory import GuestMemory
 from ..model import Chain, Descriptor, QueueConfig
-from .chain import CHAIN_BYTES_LIMIT, MemoryBounds, careful_split_chain
+from .chain import CHAIN_BYTES_LIMIT, MemoryBounds, careful_split_chain, walk_split_chain
 
 SPLIT_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
 PACKED_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("id", "<u2"), ("flags", "<u2")])
@@ -49,6 +49,10 @@ class _TableRows:
     def ring_len(self) -> int:
         return len(self.indices)
 
+    @property
+    def ring_indices(self) -> list[int]:
+        return self.indices
+
     def materialize(self) -> list[Descriptor]:
         rows = self.table[self.indices].tolist()
         if self.packed:
@@ -59,9 +63,92 @@ class _TableRows:
 
 
 def _in_bounds(addr: np.ndarray, length: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Per descriptor: the buffer is empty or inside [lo, hi) (no uint64 overflow)."""
-    span = np.uint64(hi) - addr  # wraps where addr > hi, masked by the first test
-    return (length == 0) | ((addr >= np.uint64(lo)) & (addr <= np.uint64(hi)) & (length.astype(np.uint64) <= span))
+    """Per descriptor: the buffer is empty or inside [lo, hi).
+
+    ``addr <= hi`` first: then ``addr + length`` cannot overflow 64 bits (hi is a real
+    memory end, far below 2^64 - 2^32).
+    """
+    return (length == 0) | ((addr >= lo) & (addr <= hi) & (addr + length <= hi))
+
+
+class _IndirectRows:
+    """Lazy descriptors of one INDIRECT descriptor and its table: ``entries[start:end]``."""
+
+    __slots__ = ("end", "entries", "head", "head_row", "start")
+
+    def __init__(self, head: int, head_row: tuple, entries: np.ndarray, start: int, end: int) -> None:
+        self.head, self.head_row, self.entries, self.start, self.end = head, head_row, entries, start, end
+
+    ring_len = 1
+
+    @property
+    def ring_indices(self) -> list[int]:
+        return [self.head]
+
+    def materialize(self) -> list[Descriptor]:
+        r = self.head_row
+        out = [_new_desc(Descriptor, (r[0], r[1], r[2], self.head, r[3], 0, False))]
+        out += [_new_desc(Descriptor, (e[0], e[1], e[2], j, e[3], 0, True))
+                for j, e in enumerate(self.entries[self.start:self.end].tolist())]
+        return out
+
+
+def _flat(memory: GuestMemory, lo: int) -> memoryview | None:
+    """The bytes of guest memory from ``lo`` when one region holds all of it (slices are then views)."""
+    regions = memory.regions
+    return regions[0].data if len(regions) == 1 and regions[0].guest_addr == lo else None
+
+
+def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, heads: Sequence[int],
+                    starts: list[int], ends: list[int], walked: list[int], lo: int, hi: int
+                    ) -> dict[int, tuple[_IndirectRows, int, int]]:
+    """Chains that are one INDIRECT descriptor with a table linked 0 -> 1 -> ... -> last (as Linux writes
+    them, 2.7.5.3), checked together: {position in ``heads``: (source, readable, writable)}.
+
+    Anything else (a table the chain leaves early, links out of order, a bad entry) is left
+    to the one-by-one walkers.
+    """
+    size = config.size
+    singles = [k for k in range(len(heads)) if ends[k] - starts[k] == 1 and heads[k] < size]
+    if not singles:
+        return {}
+    picked = rows[[walked[starts[k]] for k in singles]]
+    flags, length, addr = picked["flags"].tolist(), picked["len"].tolist(), picked["addr"].tolist()
+    chosen, views = [], []
+    flat = _flat(memory, lo)
+    for n, k in enumerate(singles):
+        f, ln, a = flags[n], length[n], addr[n]
+        if (f & (VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT)) == VIRTQ_DESC_F_INDIRECT and ln and not ln & 15 \
+                and ln >> 4 <= size and lo <= a and a + ln <= hi:
+            chosen.append((k, n))
+            views.append(flat[a - lo:a - lo + ln] if flat is not None else memory.view(a, ln))
+    if not chosen:
+        return {}
+    entries = np.frombuffer(b"".join(views), dtype=SPLIT_DTYPE)
+    counts = [len(v) >> 4 for v in views]
+    seg_starts = np.cumsum([0, *counts[:-1]]).tolist()
+    seg = np.repeat(np.arange(len(counts)), counts)
+    local = np.arange(len(entries)) - np.asarray(seg_starts)[seg]
+    last = local == np.asarray(counts)[seg] - 1
+    e_flags = entries["flags"]
+    e_next = ((e_flags & VIRTQ_DESC_F_NEXT) != 0)
+    write = (e_flags & VIRTQ_DESC_F_WRITE) != 0
+    bad = ((e_flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(entries["addr"], entries["len"], lo, hi)
+    bad |= e_next == last  # NEXT on all but the last entry ...
+    bad |= e_next & (entries["next"] != local + 1)  # ... each linking to the following one
+    bad[1:] |= write[:-1] & ~write[1:] & (seg[1:] == seg[:-1])  # 2.7.4.2
+    length64 = entries["len"].astype(np.uint64)
+    readable = np.add.reduceat(np.where(write, 0, length64), seg_starts).tolist()
+    writable = np.add.reduceat(np.where(write, length64, 0), seg_starts).tolist()
+    flagged = np.logical_or.reduceat(bad, seg_starts).tolist()
+    out = {}
+    for m, (k, n) in enumerate(chosen):
+        if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
+            continue
+        head_row = (addr[n], length[n], flags[n], int(picked["next"][n]))
+        out[k] = (_IndirectRows(heads[k], head_row, entries, seg_starts[m], seg_starts[m] + counts[m]), readable[m],
+                  writable[m])
+    return out
 
 
 def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
@@ -80,13 +167,9 @@ def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[i
                                     bounds=bounds) for k, h in enumerate(heads)]
     lo, hi = single
     rows = np.frombuffer(bytes(table), dtype=SPLIT_DTYPE, count=size)  # a copy: later ring writes do not show
-    flags, nxt, length = rows["flags"], rows["next"], rows["len"]
-    has_next = (flags & VIRTQ_DESC_F_NEXT) != 0
-    write = (flags & VIRTQ_DESC_F_WRITE) != 0
-    links = np.where(nxt < size, nxt, 0)
-    bad = ((flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(rows["addr"], length, lo, hi)
-    bad |= has_next & ((nxt >= size) | (write & ~write[links]))
-    next_list, more = links.tolist(), has_next.tolist()
+    flags_col, next_col = rows["flags"], rows["next"]
+    next_list = next_col.tolist()
+    more = (((flags_col & VIRTQ_DESC_F_NEXT) != 0) & (next_col < size)).tolist()
     limit = min(MAX_STEPS, size)
     walked: list[int] = []
     starts: list[int] = []
@@ -107,19 +190,33 @@ def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[i
             if n > limit:
                 break
         too_long.append(n > limit)
+    # The checks, over the walked descriptors only (contiguous arrays: quick).
     index = np.asarray(walked, dtype=np.int64)
+    picked = rows[index]
+    flags, length = picked["flags"], picked["len"]
+    write = (flags & VIRTQ_DESC_F_WRITE) != 0
+    bad = ((flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(picked["addr"], length, lo, hi)
+    bad |= ((flags & VIRTQ_DESC_F_NEXT) != 0) & (picked["next"] >= size)  # a link out of the table
+    first = np.zeros(len(walked), dtype=bool)
+    first[starts] = True
+    bad[1:] |= write[:-1] & ~write[1:] & ~first[1:]  # 2.7.4.2: a writable then a readable one
     length64 = length.astype(np.uint64)
-    readable = np.add.reduceat(np.where(write, 0, length64)[index], starts).tolist()
-    writable = np.add.reduceat(np.where(write, length64, 0)[index], starts).tolist()
-    flagged = np.logical_or.reduceat(bad[index], starts).tolist()
+    readable = np.add.reduceat(np.where(write, 0, length64), starts).tolist()
+    writable = np.add.reduceat(np.where(write, length64, 0), starts).tolist()
+    flagged = np.logical_or.reduceat(bad, starts).tolist()
     ends = [*starts[1:], len(walked)]
+    indirect = _indirect_batch(config, memory, rows, heads, starts, ends, walked, lo, hi) if config.indirect else {}
     chains = []
     lazy = Chain.lazy
     for k, head in enumerate(heads):
         avail_idx = (first_idx + k) & 0xFFFF
-        if flagged[k] or too_long[k] or readable[k] + writable[k] > CHAIN_BYTES_LIMIT:
-            chains.append(careful_split_chain(config, memory, head, avail_idx=avail_idx, table=table,
-                                              bounds=bounds))
+        found = indirect.get(k)
+        if found is not None:
+            source, r_len, w_len = found
+            chains.append(lazy(queue, head, avail_idx, source, r_len, w_len))
+        elif flagged[k] or too_long[k] or readable[k] + writable[k] > CHAIN_BYTES_LIMIT:
+            # indirect chains (or anything odd): one by one, the scalar fast path first
+            chains.append(walk_split_chain(config, memory, head, avail_idx=avail_idx, table=table, bounds=bounds))
         else:
             chains.append(lazy(queue, head, avail_idx, _TableRows(rows, walked[starts[k]:ends[k]], False),
                                readable[k], writable[k]))
@@ -155,6 +252,8 @@ def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap:
         return []
     ends = ends.tolist()
     starts = [0, *[e + 1 for e in ends[:-1]]]
+    stop = ends[-1] + 1  # an unfinished list at the end is the careful walker's
+    flags = flags[:stop]
     positions = order[:stop]
     length = rows["len"][positions]
     write = (flags & VIRTQ_DESC_F_WRITE) != 0

@@ -174,50 +174,73 @@ def _walk_indirect_split(walk: _Walk, table: memoryview) -> None:
 
 
 class SplitRows:
-    """Lazy descriptors of a split chain: unpacked table rows (addr, len, flags, next) and their indices."""
+    """Lazy descriptors of a split chain: unpacked rows (addr, len, flags, next) and their indices.
 
-    __slots__ = ("indices", "rows")
+    Rows from ``table_from`` on are entries of the indirect table the row before points to.
+    """
 
-    def __init__(self, rows: list[tuple[int, int, int, int]], indices: list[int]) -> None:
+    __slots__ = ("indices", "rows", "table_from")
+
+    def __init__(self, rows: list[tuple[int, int, int, int]], indices: list[int], table_from: int | None = None
+                 ) -> None:
         self.rows, self.indices = rows, indices
+        self.table_from = len(indices) if table_from is None else table_from
 
     @property
     def ring_len(self) -> int:
-        return len(self.indices)
+        return self.table_from
+
+    @property
+    def ring_indices(self) -> list[int]:
+        return self.indices if self.table_from == len(self.indices) else self.indices[:self.table_from]
 
     def materialize(self) -> list[Descriptor]:
-        return [_new_desc(Descriptor, (r[0], r[1], r[2], i, r[3], 0, False))
-                for r, i in zip(self.rows, self.indices, strict=True)]
+        cut = self.table_from
+        return [_new_desc(Descriptor, (r[0], r[1], r[2], i, r[3], 0, k >= cut))
+                for k, (r, i) in enumerate(zip(self.rows, self.indices, strict=True))]
 
 
 class PackedRows:
-    """Lazy descriptors of a packed list: unpacked ring rows (addr, len, id, flags) and their slots."""
+    """Lazy descriptors of a packed list: unpacked rows (addr, len, id, flags) and their slots.
 
-    __slots__ = ("indices", "rows")
+    Rows from ``table_from`` on are entries of the indirect table in the slot before.
+    """
 
-    def __init__(self, rows: list[tuple[int, int, int, int]], indices: list[int]) -> None:
+    __slots__ = ("indices", "rows", "table_from")
+
+    def __init__(self, rows: list[tuple[int, int, int, int]], indices: list[int], table_from: int | None = None
+                 ) -> None:
         self.rows, self.indices = rows, indices
+        self.table_from = len(indices) if table_from is None else table_from
 
     @property
     def ring_len(self) -> int:
-        return len(self.indices)
+        return self.table_from
+
+    @property
+    def ring_indices(self) -> list[int]:
+        return self.indices if self.table_from == len(self.indices) else self.indices[:self.table_from]
 
     def materialize(self) -> list[Descriptor]:
-        return [_new_desc(Descriptor, (r[0], r[1], r[3], i, 0, r[2], False))
-                for r, i in zip(self.rows, self.indices, strict=True)]
+        cut = self.table_from
+        return [_new_desc(Descriptor, (r[0], r[1], r[3], i, 0, r[2], k >= cut))
+                for k, (r, i) in enumerate(zip(self.rows, self.indices, strict=True))]
 
 
 def ring_indices(chain: Chain) -> list[int]:
     """The descriptor table entries (split) or ring slots (packed) ``chain`` occupies, without materializing it."""
     lazy = chain._lazy
     if chain._descriptors is None and lazy is not None:
-        return lazy.indices
+        return lazy.ring_indices
     return [d.index for d in chain.descriptors if not d.in_indirect]
 
 
-def _split_fast(table: memoryview | bytes, head: int, size: int, bounds: MemoryBounds
-                ) -> tuple[SplitRows, int, int] | None:
-    """The common case, quickly: direct descriptors, in order, in memory, no loop. None: walk carefully."""
+def _split_fast(table: memoryview | bytes, head: int, size: int, bounds: MemoryBounds, memory: GuestMemory,
+                indirect: bool) -> tuple[SplitRows, int, int] | None:
+    """The common case, quickly: in order, in memory, no loop, at most one well-formed indirect table.
+
+    None: walk carefully (which finds what is wrong, if anything).
+    """
     single = bounds.single()
     if single is None:
         return None
@@ -225,15 +248,23 @@ def _split_fast(table: memoryview | bytes, head: int, size: int, bounds: MemoryB
     unpack = DESC_STRUCT.unpack_from
     rows: list[tuple[int, int, int, int]] = []
     indices = [head]
-    readable = writable = 0
+    readable = writable = count = 0
     seen_write = False
-    i = head
+    i, entries, table_from = head, size, None
     while True:
         row = unpack(table, i << 4)
         rows.append(row)
         addr, length, flags, nxt = row
         if flags & VIRTQ_DESC_F_INDIRECT:
-            return None
+            # 2.7.5.3: one table, last in the chain, negotiated, a non-zero multiple of 16, in memory
+            if (table_from is not None or not indirect or flags & VIRTQ_DESC_F_NEXT or not length
+                    or length & 15 or not (lo <= addr and addr + length <= hi) or length > MAX_QUEUE_SIZE * 16):
+                return None
+            table_from = len(indices)
+            table, entries, i = memory.view(addr, length), length >> 4, 0
+            indices.append(0)
+            continue
+        count += 1
         if flags & VIRTQ_DESC_F_WRITE:
             writable += length
             seen_write = True
@@ -244,10 +275,15 @@ def _split_fast(table: memoryview | bytes, head: int, size: int, bounds: MemoryB
         if length and not (lo <= addr and addr + length <= hi):
             return None
         if not flags & VIRTQ_DESC_F_NEXT:
-            if readable + writable > CHAIN_BYTES_LIMIT:
+            if readable + writable > CHAIN_BYTES_LIMIT or count > size:
                 return None
-            return SplitRows(rows, indices), readable, writable
-        if nxt >= size or nxt in indices:  # a chain is short: a list search beats a set
+            return SplitRows(rows, indices, table_from), readable, writable
+        if nxt >= entries or count >= size:
+            return None
+        if table_from is None:
+            if nxt in indices:  # a chain is short: a list search beats a set
+                return None
+        elif nxt in indices[table_from:]:
             return None
         indices.append(nxt)
         i = nxt
@@ -264,7 +300,7 @@ def walk_split_chain(config: QueueConfig, memory: GuestMemory, head: int, *, ava
     bounds = bounds or MemoryBounds(memory)
     size = config.size
     if table is not None and 0 <= head < size:
-        fast = _split_fast(table, head, size, bounds)
+        fast = _split_fast(table, head, size, bounds, memory, config.indirect)
         if fast is not None:
             source, readable, writable = fast
             return Chain.lazy(config.index, head, avail_idx, source, readable, writable)
@@ -342,9 +378,9 @@ def _walk_indirect_packed(walk: _Walk, table: memoryview) -> None:
             return
 
 
-def _packed_fast(ring: memoryview | bytes, slot: int, wrap: bool, size: int, bounds: MemoryBounds
-                 ) -> tuple[PackedRows, int, int, int] | None:
-    """The common case, quickly: direct descriptors, all available, in memory. None: walk carefully."""
+def _packed_fast(ring: memoryview | bytes, slot: int, wrap: bool, size: int, bounds: MemoryBounds,
+                 memory: GuestMemory, indirect: bool) -> tuple[PackedRows, int, int, int] | None:
+    """The common case, quickly: all available, in memory, or one well-formed indirect table. None: walk carefully."""
     single = bounds.single()
     if single is None:
         return None
@@ -359,7 +395,30 @@ def _packed_fast(ring: memoryview | bytes, slot: int, wrap: bool, size: int, bou
         row = unpack(ring, i << 4)
         addr, length, buffer_id, flags = row
         if flags & VIRTQ_DESC_F_INDIRECT:
-            return None
+            # 2.8.7: a list of one descriptor pointing to a table of pvirtq_desc, entries one after another
+            if (indices or not indirect or flags & VIRTQ_DESC_F_NEXT or not length or length & 15
+                    or not (lo <= addr and addr + length <= hi) or length >> 4 > size):
+                return None
+            rows.append(row)
+            indices.append(i)
+            table = memory.view(addr, length)
+            for j in range(length >> 4):
+                entry = unpack(table, j << 4)
+                e_addr, e_len, _, e_flags = entry
+                if e_flags & VIRTQ_DESC_F_INDIRECT or (e_len and not (lo <= e_addr and e_addr + e_len <= hi)):
+                    return None
+                if e_flags & VIRTQ_DESC_F_WRITE:
+                    writable += e_len
+                    seen_write = True
+                elif seen_write:
+                    return None
+                else:
+                    readable += e_len
+                rows.append(entry)
+                indices.append(j)
+            if buffer_id >= size or readable + writable > CHAIN_BYTES_LIMIT:
+                return None
+            return PackedRows(rows, indices, 1), readable, writable, buffer_id
         if flags & VIRTQ_DESC_F_WRITE:
             writable += length
             seen_write = True
@@ -398,7 +457,7 @@ def walk_packed_chain(config: QueueConfig, memory: GuestMemory, slot: int, wrap:
     bounds = bounds or MemoryBounds(memory)
     size = config.size
     if ring is not None and 0 <= slot < size:
-        fast = _packed_fast(ring, slot, wrap, size, bounds)
+        fast = _packed_fast(ring, slot, wrap, size, bounds, memory, config.indirect)
         if fast is not None:
             source, readable, writable, buffer_id = fast
             return Chain.lazy(config.index, buffer_id, slot, source, readable, writable, wrap=wrap)

@@ -162,7 +162,8 @@ class DeviceQueue:
                                            f"{self.last_avail}, more than the queue size {config.size}")
             return None
         head = ring.avail_entry(self.last_avail)
-        chain = walk_split_chain(config, self.memory, head, avail_idx=self.last_avail, bounds=self.bounds)
+        chain = walk_split_chain(config, self.memory, head, avail_idx=self.last_avail, table=ring.table(),
+                                 bounds=self.bounds)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if config.event_idx and self.notifications_enabled:
             ring.set_avail_event(self.last_avail)  # 2.7.10: kick me again from the next entry on
@@ -173,7 +174,8 @@ class DeviceQueue:
         ring, config = self._packed, self.config
         if not packed_desc_available(ring.flags(self.last_avail), self.avail_wrap):
             return None
-        chain = walk_packed_chain(config, self.memory, self.last_avail, self.avail_wrap, bounds=self.bounds)
+        chain = walk_packed_chain(config, self.memory, self.last_avail, self.avail_wrap, ring=ring.ring(),
+                                  bounds=self.bounds)
         self.last_avail, self.avail_wrap = advance(self.last_avail, self.avail_wrap, chain.ring_len, config.size)
         if config.event_idx and self.notifications_enabled:
             ring.set_device_event(event_desc(self.last_avail, self.avail_wrap), RING_EVENT_FLAGS_DESC)

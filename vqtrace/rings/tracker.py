@@ -23,6 +23,12 @@ alone (a memory dump):
   as they were: 2.8.6) are recognised by the used descriptor's buffer id and
   dropped, so is a whole IN_ORDER batch. After out-of-order completions a list
   whose head the device overwrote cannot be seen (``RingSnapshot.approximate``).
+
+Between two polls anything may happen. Split: a head used and made available again
+is matched in ring order (the used element completes the first use). Packed: a list
+made available and used since the last poll shows only as its used descriptor
+(``RingChanges.missed``); a tracker a whole lap of the ring behind cannot tell the
+new lap from the old one and stops where the rings no longer match what it saw.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dissectors.virtqueue import PACKED_DESC_SIZE, SPLIT_DESC_SIZE, VIRTQ_DESC_F_WRITE
+from ..dissectors.virtqueue import PACKED_DESC_SIZE, SPLIT_DESC_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from ..errors import GuestMemoryError, VqtraceError
 from ..memory import GuestMemory
 from ..model import Anomaly, Chain, Layout, QueueConfig, RingState, UsedElem
@@ -78,7 +84,10 @@ class RingChanges:
     """What happened on one queue between two polls.
 
     ``avail``: chains made available, in ring order. ``used``: completions, in ring
-    order. ``anomalies``: everything wrong found during this poll, chain anomalies
+    order; a packed list made available and used between two polls has its used
+    descriptor over its first slot, so it shows only as a completion with ``chain``
+    None, counted in ``missed`` (no anomaly: the tracker looked too late).
+ ``anomalies``: everything wrong found during this poll, chain anomalies
     included (they are also on ``chain.anomalies``). ``avail_notification_due``: whether
     the driver had to notify the device for what it made available (2.7.10 / 2.8.10);
     ``used_notification_due``: whether the device had to notify the driver for what it
@@ -94,6 +103,7 @@ class RingChanges:
     anomalies: list[Anomaly] = field(default_factory=list)
     avail_notification_due: bool | None = None
     used_notification_due: bool | None = None
+    missed: int = 0  # packed: lists made available and used between two polls, seen only as used (chain None)
 
     @property
     def empty(self) -> bool:
@@ -198,7 +208,7 @@ class SplitTracker(RingTracker):
     def __init__(self, config: QueueConfig, memory: GuestMemory, *, avail_idx: int | None = None,
                  used_idx: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, memory)
-        self._desc_owner: dict[int, int] = {}  # descriptor table index -> id of the in-flight chain holding it
+        self._desc_owner = [-1] * config.size  # descriptor table index -> id of the in-flight chain holding it
         self.avail_idx = self.used_idx = 0
         self.avail_flags = self.used_flags = 0
         self.used_event: int | None = None
@@ -206,7 +216,8 @@ class SplitTracker(RingTracker):
         try:
             now = _split_indices(config, memory)
         except GuestMemoryError as err:
-            self._pending.append(_flag(config, A.RING_UNMAPPED, f"the rings are not in guest memory: {err}"))
+            if self._once(A.RING_UNMAPPED, 0):
+                self._pending.append(_flag(config, A.RING_UNMAPPED, f"the rings are not in guest memory: {err}"))
             now = (0, 0, 0, 0)
         self.avail_flags, self.avail_idx, self.used_flags, self.used_idx = now
         if avail_idx is not None:
@@ -234,10 +245,9 @@ class SplitTracker(RingTracker):
             chain.anomalies.append(flagged)
             anomalies.append(flagged)
             self._release(old)
-        get = owner.get
         for index in ring_indices(chain):
-            holder = get(index)
-            if holder is not None and holder != head and holder in in_flight:
+            holder = owner[index]
+            if holder >= 0 and holder != head and holder in in_flight:
                 flagged = _flag(config, A.DESC_REUSED_IN_FLIGHT,
                                 f"descriptor {index} of chain {head} still belongs to chain {holder} in flight",
                                 id=index)
@@ -249,8 +259,8 @@ class SplitTracker(RingTracker):
     def _release(self, chain: Chain) -> None:
         owner, head = self._desc_owner, chain.id
         for index in ring_indices(chain):
-            if owner.get(index) == head:
-                del owner[index]
+            if owner[index] == head:
+                owner[index] = -1
 
     def poll(self) -> RingChanges:
         config, memory, size = self.config, self.memory, self.config.size
@@ -281,18 +291,22 @@ class SplitTracker(RingTracker):
                                        f"the {name} ring flags 0x{value:04x} set reserved bits"))
         # -- the available side (2.7.6, 2.7.13) ------------------------------------------------
         ahead = (avail_idx - used_idx) & 0xFFFF
-        if ahead > size and self._once(A.AVAIL_IDX_AHEAD, avail_idx << 16 | used_idx):
-            anomalies.append(_flag(config, A.AVAIL_IDX_AHEAD,
-                                   f"avail idx {avail_idx} is {ahead} ahead of used idx {used_idx}, more than the "
-                                   f"queue size {size}"))
+        behind = (used_idx - avail_idx) & 0xFFFF  # used ahead of avail: the device's fault, not the driver's
         old_avail = self.avail_idx
         new = (avail_idx - old_avail) & 0xFFFF
-        if new > size:
+        if ahead > size and behind > size:
+            if self._once(A.AVAIL_IDX_AHEAD, avail_idx << 16 | used_idx):
+                anomalies.append(_flag(config, A.AVAIL_IDX_AHEAD,
+                                       f"avail idx {avail_idx} is {ahead} ahead of used idx {used_idx}, more than "
+                                       f"the queue size {size}"))
+            if new > size:
+                self.avail_idx, new = avail_idx, 0  # nothing sensible to walk: follow the driver from here
+        elif new > size:
             if self._once(A.AVAIL_IDX_AHEAD, avail_idx << 16 | old_avail | 1 << 32):
                 anomalies.append(_flag(config, A.AVAIL_IDX_AHEAD,
                                        f"avail idx moved from {old_avail} to {avail_idx}: {new} entries, more than "
                                        f"the queue size {size} (decremented?)"))
-            new = 0
+            self.avail_idx, new = avail_idx, 0
         if new:
             try:
                 table = memory.view(config.desc, SPLIT_DESC_SIZE * size)
@@ -301,16 +315,15 @@ class SplitTracker(RingTracker):
                 anomalies.append(_flag(config, A.RING_UNMAPPED, f"the descriptor table or available ring is not in "
                                                                 f"guest memory: {err}"))
                 return changes
-            for chain in _walk_heads(config, memory, self.bounds, table, ring, old_avail, new):
-                if chain.anomalies:
-                    anomalies.extend(chain.anomalies)
-                self._add_in_flight(chain, anomalies)
-                changes.avail.append(chain)
+            # The new entries are walked lazily: the used side below first pulls those a used
+            # element completes, so a head the driver reused after the device used it (both since
+            # the last poll) is matched to its first chain, not reported as reused in flight.
+            self._unwalked = [table, ring, old_avail, _entry_heads(ring, old_avail, new, size), 0]
             changes.avail_notification_due = split_avail_notification_due(
                 event_idx=config.event_idx, used_flags=used_flags, avail_event=avail_event, old_avail=old_avail,
                 new_avail=avail_idx)
-        self.avail_idx = (old_avail + new) & 0xFFFF if new else (avail_idx if (avail_idx - old_avail) & 0xFFFF
-                                                                  > size else old_avail)
+        if new:
+            self.avail_idx = avail_idx
         # -- the used side (2.7.8, 2.7.9) ----------------------------------------------------
         old_used = self.used_idx
         moved = (used_idx - old_used) & 0xFFFF
@@ -319,16 +332,46 @@ class SplitTracker(RingTracker):
             changes.used_notification_due = split_used_notification_due(
                 event_idx=config.event_idx, avail_flags=avail_flags, used_event=used_event, old_used=old_used,
                 new_used=used_idx)
+        self._walk_avail(None, changes)
         changes.after = RingState(config.index, self.avail_idx, self.used_idx, avail_flags=avail_flags,
                                   used_flags=used_flags, used_event=used_event, avail_event=avail_event)
         return changes
 
+    _unwalked: list | None = None  # [table, ring, start, heads, walked]: this poll's new avail entries
+
+    def _walk_avail(self, until: int | None, changes: RingChanges) -> None:
+        """Walk this poll's new avail entries: up to the first whose head is ``until`` (when one
+        is), or all that are left (``until`` None)."""
+        pending = self._unwalked
+        if pending is None:
+            return
+        table, ring, start, heads, walked = pending
+        if until is None:
+            stop = len(heads)
+        else:
+            try:
+                stop = heads.index(until, walked) + 1
+            except ValueError:
+                return
+        if stop > walked:
+            anomalies = changes.anomalies
+            for chain in _walk_heads(self.config, self.memory, self.bounds, table, ring, (start + walked) & 0xFFFF,
+                                     stop - walked):
+                if chain.anomalies:
+                    anomalies.extend(chain.anomalies)
+                self._add_in_flight(chain, anomalies)
+                changes.avail.append(chain)
+        pending[4] = stop
+        if stop == len(heads):
+            self._unwalked = None
+
     def _poll_used(self, old_used: int, used_idx: int, moved: int, changes: RingChanges) -> None:
         config, size, anomalies = self.config, self.config.size, changes.anomalies
-        if moved > len(self._in_flight):
+        unwalked = len(self._unwalked[3]) - self._unwalked[4] if self._unwalked is not None else 0
+        if moved > len(self._in_flight) + unwalked:
             anomalies.append(_flag(config, A.USED_IDX_AHEAD,
                                    f"used idx moved from {old_used} to {used_idx} ({moved} chains) with only "
-                                   f"{len(self._in_flight)} in flight"))
+                                   f"{len(self._in_flight) + unwalked} in flight"))
         if moved > size:
             self.used_idx = used_idx  # nothing sensible to read: resynchronise
             return
@@ -341,6 +384,8 @@ class SplitTracker(RingTracker):
         pos, left, queue = old_used, moved, config.index
         while left > 0:
             used_id, length = unpack(ring, 8 * (pos % size))
+            if used_id not in self._in_flight and self._unwalked is not None:
+                self._walk_avail(used_id, changes)  # made available and used since the last poll
             if config.in_order:
                 batch = self._take_batch(used_id)
                 if batch is None:
@@ -403,6 +448,14 @@ def _split_window(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds
     for chain in chains:
         anomalies.extend(chain.anomalies)
     return chains
+
+
+def _entry_heads(ring: memoryview, start: int, count: int, size: int) -> list[int]:
+    """The heads in avail->ring[] entries start .. start + count - 1."""
+    first = start % size
+    if first + count <= size:
+        return list(_u16s(ring, first, count))
+    return list(_u16s(ring, first, size - first)) + list(_u16s(ring, 0, count - (size - first)))
 
 
 def _walk_heads(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds, table: memoryview,
@@ -513,36 +566,65 @@ class PackedTracker(RingTracker):
             if (value & 3 == 3 or value & ~3) and self._once(A.EVENT_FLAGS_INVALID, value << 1 | (name == "device")):
                 anomalies.append(_flag(config, A.EVENT_FLAGS_INVALID,
                                        f"the {name} event suppression flags 0x{value:04x} hold a reserved value"))
+        # The driver's side, then the device's; again while the device's side found lists used
+        # before this tracker saw them made available (both between two polls): those end the
+        # scan of the driver's side, which goes on behind them.
+        added = done = 0
+        for _ in range(2 * size + 2):
+            added += self._scan_avail(ring, changes, size - added)
+            step, missed = self._scan_used(ring, changes, 2 * size - done)
+            done += step
+            if not missed:
+                break
+        flags = PACKED_DESC_STRUCT.unpack_from(ring, PACKED_DESC_SIZE * self.avail_idx)[3]
+        behind = (self.used_idx, self.used_wrap) != (self.avail_idx, self.avail_wrap)
+        if behind and packed_desc_used(flags, self.avail_wrap) \
+                and self._once(A.PACKED_WRAP_MISMATCH, self.avail_idx << 1 | self.avail_wrap):
+            anomalies.append(_flag(config, A.PACKED_WRAP_MISMATCH,
+                                   f"slot {self.avail_idx} is marked used with wrap counter {int(self.avail_wrap)} "
+                                   f"ahead of the device's position (slot {self.used_idx}): it was not made "
+                                   f"available in this lap (flags 0x{flags:04x})", id=self.avail_idx))
+        if added:
+            changes.avail_notification_due = packed_need_event(
+                event_idx=config.event_idx, flags=device_flags, desc=device_desc, size=size,
+                old=self.avail_idx - added, new=self.avail_idx, wrap=self.avail_wrap)
+        if done:
+            changes.used_notification_due = packed_need_event(
+                event_idx=config.event_idx, flags=driver_flags, desc=driver_desc, size=size,
+                old=self.used_idx - done, new=self.used_idx, wrap=self.used_wrap)
+        changes.after = RingState(config.index, self.avail_idx, self.used_idx, self.avail_wrap, self.used_wrap,
+                                  avail_flags=driver_flags, used_flags=device_flags, used_event=driver_desc,
+                                  avail_event=device_desc)
+        return changes
+
+    def _scan_avail(self, ring: memoryview, changes: RingChanges, room: int) -> int:
+        """Lists made available from the tracker's avail position (2.8.1, 2.8.21.1); the slots they take."""
+        config, memory, size = self.config, self.memory, self.config.size
         unpack = PACKED_DESC_STRUCT.unpack_from
-        # -- descriptors made available (2.8.1, 2.8.21.1) -------------------------------------
         slot, wrap, added = self.avail_idx, self.avail_wrap, 0
         ahead = (slot + MIN_BATCH) % size
-        if size >= 2 * MIN_BATCH and packed_desc_available(unpack(ring, PACKED_DESC_SIZE * ahead)[3],
-                                                           wrap if ahead > slot else not wrap):
+        if size >= 2 * MIN_BATCH and room == size and packed_desc_available(
+                unpack(ring, PACKED_DESC_SIZE * ahead)[3], wrap if ahead > slot else not wrap):
             for chain in scan_packed_batch(config, memory, slot, wrap, ring, self.bounds):
                 self._add_packed(chain, changes)
                 added += chain.ring_len
                 slot, wrap = advance(slot, wrap, chain.ring_len, size)
-        while added < size:
-            flags = unpack(ring, PACKED_DESC_SIZE * slot)[3]
-            if not packed_desc_available(flags, wrap):
-                if packed_desc_used(flags, wrap) and self._once(A.PACKED_WRAP_MISMATCH, slot << 1 | wrap):
-                    anomalies.append(_flag(config, A.PACKED_WRAP_MISMATCH,
-                                           f"slot {slot} is marked used with wrap counter {int(wrap)} but was not made "
-                                           f"available in this lap (flags 0x{flags:04x})", id=slot))
+        while added < room:
+            if not packed_desc_available(unpack(ring, PACKED_DESC_SIZE * slot)[3], wrap):
                 break
             chain = walk_packed_chain(config, memory, slot, wrap, ring=ring, bounds=self.bounds)
             self._add_packed(chain, changes)
             added += chain.ring_len
             slot, wrap = advance(slot, wrap, chain.ring_len, size)
-        if added:
-            changes.avail_notification_due = packed_need_event(
-                event_idx=config.event_idx, flags=device_flags, desc=device_desc, size=size,
-                old=slot - added, new=slot, wrap=wrap)
         self.avail_idx, self.avail_wrap = slot, wrap
-        # -- used descriptors (2.8.6, 2.8.8, 2.8.22) ------------------------------------------
-        slot, wrap, done, queue = self.used_idx, self.used_wrap, 0, config.index
-        while done < size:
+        return added
+
+    def _scan_used(self, ring: memoryview, changes: RingChanges, room: int) -> tuple[int, int]:
+        """Used descriptors from the tracker's used position (2.8.6, 2.8.8, 2.8.22); (slots, lists missed)."""
+        config, size, anomalies, queue = self.config, self.config.size, changes.anomalies, self.config.index
+        unpack = PACKED_DESC_STRUCT.unpack_from
+        slot, wrap, done, missed = self.used_idx, self.used_wrap, 0, 0
+        while done < room:
             _, length, used_id, flags = unpack(ring, PACKED_DESC_SIZE * slot)
             if not packed_desc_used(flags, wrap):
                 break
@@ -552,13 +634,7 @@ class PackedTracker(RingTracker):
             else:
                 chain = self._in_flight.pop(used_id, None)
                 batch = [chain] if chain is not None else []
-            if not batch:
-                anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
-                                       f"used descriptor in slot {slot}: buffer id {used_id} is not in flight",
-                                       id=used_id))
-                self._complete(None, UsedElem(queue, used_id, length, slot, wrap), changes)
-                step = 1
-            else:
+            if batch:
                 step = 0
                 for k, chain in enumerate(batch):
                     last = k == len(batch) - 1
@@ -566,18 +642,42 @@ class PackedTracker(RingTracker):
                                     implied=not last)
                     self._complete(chain, elem, changes)
                     step += chain.ring_len
+            elif (slot, wrap) == (self.avail_idx, self.avail_wrap):
+                # Made available and used since the last poll: the used descriptor overwrote its first
+                # slot; the rest of the list (same buffer id, 2.8.6) is skipped with it.
+                step = 1 + _stale_tail(ring, slot, wrap, used_id, size)
+                self.avail_idx, self.avail_wrap = advance(slot, wrap, step, size)
+                self._complete(None, UsedElem(queue, used_id, length, slot, wrap), changes)
+                changes.missed += 1
+                missed += 1
+                done += step
+                slot, wrap = advance(slot, wrap, step, size)
+                break  # the driver's side goes on behind it
+            else:
+                anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
+                                       f"used descriptor in slot {slot}: buffer id {used_id} is not in flight",
+                                       id=used_id))
+                self._complete(None, UsedElem(queue, used_id, length, slot, wrap), changes)
+                step = 1
             done += step
             slot, wrap = advance(slot, wrap, step, size)
-        if done:
-            changes.used_notification_due = packed_need_event(
-                event_idx=config.event_idx, flags=driver_flags, desc=driver_desc, size=size, old=slot - done,
-                new=slot, wrap=wrap)
         self.used_idx, self.used_wrap = slot, wrap
-        changes.after = RingState(queue, self.avail_idx, self.used_idx, self.avail_wrap, self.used_wrap,
-                                  avail_flags=driver_flags, used_flags=device_flags, used_event=driver_desc,
-                                  avail_event=device_desc)
-        return changes
+        return done, missed
 
+
+def _stale_tail(ring: memoryview, slot: int, wrap: bool, used_id: int, size: int) -> int:
+    """Slots after ``slot`` still holding the rest of the list buffer ``used_id`` was (same id, available)."""
+    unpack = PACKED_DESC_STRUCT.unpack_from
+    count, here, w = 0, slot, wrap
+    for _ in range(size - 1):
+        here, w = advance(here, w, 1, size)
+        _, _, buffer_id, flags = unpack(ring, PACKED_DESC_SIZE * here)
+        if buffer_id != used_id or not packed_desc_available(flags, w):
+            break
+        count += 1
+        if not flags & VIRTQ_DESC_F_NEXT:
+            break
+    return count
 
 
 # -- snapshots -------------------------------------------------------------------------------

@@ -90,10 +90,12 @@ def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
     readable = event.data
     written = event.written if kind == USED else b""
     cut = False
+    tail = b""
     if snaplen:
         if len(readable) > snaplen:
             readable, cut = readable[:snaplen], True
         if len(written) > snaplen:
+            tail = written[-layout.TAIL_SIZE:]
             written, cut = written[:snaplen], True
     if kind == USED:
         used = event.used
@@ -117,7 +119,8 @@ def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
             descs = b"".join([_DESC.pack(*d) for d in items])  # the NamedTuple's fields are the record's order
         except (struct.error, TypeError):
             descs = b"".join([_pack_desc(d) for d in items])
-    return b"".join((head, descs, _SIZE.pack(len(readable)), readable, _SIZE.pack(len(written)), written)), cut
+    return b"".join((head, descs, _SIZE.pack(len(readable)), readable, _SIZE.pack(len(written)), written,
+                     _SIZE.pack(len(tail)), tail)), cut
 
 
 def _anomaly_body(anomaly: Anomaly | None) -> bytes:
@@ -238,6 +241,8 @@ def decode(data: bytes, time_ns: int = 0, source: str = "") -> Event:
         event.data = cur.bytes(size)
         (size,) = cur.take(_SIZE)
         event.written = cur.bytes(size)
+        (size,) = cur.take(_SIZE)
+        cur.bytes(size)  # the written tail of a cut capture (dissection uses it; the event holds the head)
     elif kind == CONFIG:
         offset, size = cur.take(_CONFIG)
         event.offset = offset

@@ -19,11 +19,12 @@ Everything it receives and sends is recorded, and each queue's ring activity too
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import VhostUserError, VqtraceError
 from ..events import Direction, Event, EventKind
-from ..memory import GuestMemory
 from ..rings.device import DeviceQueue
 from . import protocol as p
 from .codec import BACKEND_CHANNEL, FRONTEND_CHANNEL, MAX_FDS, Framer, Message
@@ -47,6 +48,7 @@ from .engine import (
     Unwatch,
     Watch,
 )
+from .memview import LiveMemory
 from .state import Session
 from .tap import TrackerTap
 
@@ -90,14 +92,16 @@ class BackendEngine:
     """One front-end's session with a reference device."""
 
     def __init__(self, device, *, source: str = "vhost-user", resources: Resources | None = None,
-                 protocol_features: int = BACKEND_PROTOCOL_FEATURES, trace_rings: bool = True) -> None:
+                 protocol_features: int = BACKEND_PROTOCOL_FEATURES, trace_rings: bool = True,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.device = device
         self.source = source
         self.resources = resources or OsResources()
         self.offered_protocol = protocol_features
         self.trace_rings = trace_rings
+        self.clock = clock  # stamps what the device did after the event that started it
         self.session = Session()
-        self.memory = GuestMemory()
+        self.memory = LiveMemory()
         self.framers = {Peer.FRONTEND: Framer("front-end"), Peer.FRONTEND_CHANNEL: Framer("front-end", BACKEND_CHANNEL)}
         self.rings: dict[int, _Ring] = {}
         self.channel = False
@@ -254,8 +258,9 @@ class BackendEngine:
         finally:
             self.resources.close(fd)
 
+    # Running queues keep going across memory table changes: they read through self.memory.
+
     def _set_mem_table(self, msg: Message) -> bool:
-        self._drop_queues()
         self.memory.close()
         regions = p.unpack_memory(msg.payload)
         fds = list(msg.fds)
@@ -270,7 +275,6 @@ class BackendEngine:
 
     def _add_mem_reg(self, msg: Message) -> bool:
         fd = msg.fds.pop()
-        self._drop_queues()
         self._map(p.unpack_region(msg.payload), fd)
         self._attach_memory()
         return False
@@ -279,7 +283,6 @@ class BackendEngine:
         # "If a file descriptor is passed, the back-end MUST close it without using it otherwise."
         self._close_fds(msg.fds)
         msg.fds.clear()
-        self._drop_queues()
         region = p.unpack_region(msg.payload)
         self.memory.remove(region.guest_addr)
         self._attach_memory()
@@ -421,10 +424,6 @@ class BackendEngine:
         ring.tap = None
         self.device.set_queue(index, None)
 
-    def _drop_queues(self) -> None:
-        for index in list(self.rings):
-            self._stop_ring(index)
-
     def _kicked(self, index: int, count: int, *, inband: bool) -> None:
         self.stats.kicks += 1
         self._out.append(Record(Event(EventKind.KICK, self._now, self.source, queue=index,
@@ -443,6 +442,8 @@ class BackendEngine:
         self._poll_tap(ring)
         activity = self.device.kick(index)
         self.stats.requests += len(activity.completions)
+        if activity.completions:
+            self._now = self.clock()
         self._poll_tap(ring)
         self._activity(activity)
 

@@ -51,7 +51,8 @@ DEVICE_FEATURE_BITS = (1 << 24) - 1  # 6: bits 0-23 are device-specific (more ab
 USER_ADDR_BASE = 0x7E00_0000_0000  # where the front-end "maps" guest RAM in its address space
 DEFAULT_MEMORY = 32 << 20
 VIRTIO_ID_BLOCK = 2
-VIRTIO_CONFIG_S_DRIVER_OK = 4
+#: virtio 1.4, 2.1: ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+DEVICE_STATUS_READY = 1 | 2 | 8 | 4
 
 
 @dataclass
@@ -72,6 +73,22 @@ class BackendRequests:
     """What the back-end asked on its channel (for tests and the demo)."""
 
     messages: list[Message] = field(default_factory=list)
+
+
+def drain_used(driver: DriverQueue) -> list[UsedBuffer]:
+    """Every used buffer, until a look *after* re-arming the notification finds none.
+
+    ``get_used`` re-arms (``used_event`` with EVENT_IDX) after reading: a buffer the device
+    used between that read and the re-arm brought no notification (2.7.7.2), so the ring is
+    read once more, as Linux does after virtqueue_enable_cb.
+    """
+    used = driver.get_used()
+    while used:
+        more = driver.get_used()
+        if not more:
+            break
+        used.extend(more)
+    return used
 
 
 class FrontEnd:
@@ -326,7 +343,7 @@ class FrontEnd:
     def start(self, *, status: bool = True) -> None:
         """After the queues: tell a back-end that follows device status that the driver is ready."""
         if status and self.session.has_protocol("STATUS"):
-            self.request(p.SET_STATUS, p.pack_u64(0xF & ~0x2 | VIRTIO_CONFIG_S_DRIVER_OK), need_reply=True)
+            self.request(p.SET_STATUS, p.pack_u64(DEVICE_STATUS_READY), need_reply=True)
 
     def _kick(self, driver: DriverQueue) -> None:
         os.eventfd_write(self.queues[driver.config.index].kick_fd, 1)
@@ -335,7 +352,12 @@ class FrontEnd:
         self.request(p.VRING_KICK, p.pack_state(driver.config.index, 0), need_reply=True)
 
     def wait(self, index: int = 0, timeout: float | None = None) -> list[UsedBuffer]:
-        """Wait for a used buffer notification on queue ``index`` (or used buffers), then take them."""
+        """Wait for a used buffer notification on queue ``index``, then take the used buffers.
+
+        Like an interrupt-driven guest driver, the used ring is read after a notification (the
+        call eventfd, or BACKEND_VRING_CALL in band), not polled: a tracer between the two
+        sides sees every completion before the driver can reuse its descriptors.
+        """
         queue = self.queues[index]
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         poller = select.poll()
@@ -343,10 +365,13 @@ class FrontEnd:
         poller.register(self.sock, select.POLLIN)
         if self.channel is not None:
             poller.register(self.channel, select.POLLIN)
+        seen = queue.calls + queue.inband_calls
         while True:
-            used = queue.driver.get_used()
-            if used:
-                return used
+            if queue.calls + queue.inband_calls != seen:
+                seen = queue.calls + queue.inband_calls
+                used = drain_used(queue.driver)
+                if used:
+                    return used
             left = deadline - time.monotonic()
             if left <= 0:
                 raise VhostUserError(f"queue {index}: no used buffer within "

@@ -43,17 +43,20 @@ class LiveOptions:
     connect_timeout: float = 10.0
     device_type: int = 0  # proxy: the virtio device ID of what is proxied (0 unknown)
     snaplen: int = 1 << 16
+    name: str | None = None  # the trace's source (interface) name; default: the socket path
 
 
 class Live:
     """The running ``vqtrace live``: a Server whose sessions are proxies or back-ends."""
 
     def __init__(self, options: LiveOptions, sink: Callable[[Event], None] | None = None, *,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, sink_many: Callable[[list[Event]], object] | None = None
+                 ) -> None:
         if (options.backend is None) == (options.device is None):
             raise VhostUserError("vqtrace live needs either a back-end socket (proxy) or a device (back-end)")
         self.options = options
         self.sink = sink
+        self.sink_many = sink_many
         self.log = logger or log
         self.server = Server(options.socket, self._session, once=options.once, logger=self.log)
         self.loop: Loop | None = None
@@ -63,7 +66,7 @@ class Live:
 
     @property
     def source(self) -> str:
-        return self.options.socket
+        return self.options.name or self.options.socket
 
     def start(self) -> None:
         """Create the listening socket (the file appears once connections are accepted)."""
@@ -99,7 +102,7 @@ class Live:
         self.engines.append(engine)
         if self.on_session is not None:
             self.on_session(engine)
-        loop = Loop(engine, sink=self.sink, poll_ms=poll_ms, logger=self.log)
+        loop = Loop(engine, sink=self.sink, poll_ms=poll_ms, logger=self.log, sink_many=self.sink_many)
         try:
             for peer, sock in peers:
                 loop.attach(peer, sock)

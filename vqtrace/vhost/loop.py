@@ -86,9 +86,14 @@ class Loop:
     """Run ``role`` (``handle(event) -> commands``, ``wanted(peer) -> int``) over real fds."""
 
     def __init__(self, role: Any, *, sink: Callable[[Event], None] | None = None, poll_ms: float | None = None,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None,
+                 sink_many: Callable[[list[Event]], object] | None = None) -> None:
         self.role = role
         self.sink = sink
+        # Trace events are written after each wakeup's commands (a notification is forwarded
+        # before its events are written), all in one go when ``sink_many`` is given.
+        self.sink_many = sink_many
+        self._records: list[Event] = []
         self.poll_s = poll_ms / 1000 if poll_ms else None
         self.log = logger or log
         self.selector = selectors.DefaultSelector()
@@ -162,6 +167,8 @@ class Loop:
                     readable.append(data)
             if notified:
                 stamp = time.time_ns()
+                if len(notified) > 1:  # the driver's kicks before the device's calls of the same instant
+                    notified.sort(key=lambda item: item[0].kind is not Notify.KICK)
                 for notifier, count in notified:
                     if self.watched.get(notifier.fd) is notifier:
                         self._feed(Notified(notifier.kind, notifier.queue, stamp, count))
@@ -171,8 +178,23 @@ class Loop:
             if next_tick is not None and time.monotonic() >= next_tick and self.ended is None:
                 next_tick = time.monotonic() + self.poll_s
                 self._feed(Tick(time.time_ns()))
+            if self._records:
+                self.flush()
+        self.flush()
         assert self.ended is not None
         return self.ended
+
+    def flush(self) -> None:
+        """Write the trace events gathered since the last flush."""
+        records, self._records = self._records, []
+        if not records:
+            return
+        if self.sink_many is not None:
+            self.sink_many(records)
+        elif self.sink is not None:
+            for event in records:
+                self.sink(event)
+        self.events_recorded += len(records)
 
     def _read(self, entry: _PeerSocket) -> None:
         for _ in range(_READS_PER_WAKEUP):
@@ -201,19 +223,40 @@ class Loop:
         self._feeding = True
         try:
             while self._queue:
-                for command in self.role.handle(self._queue.popleft()):
+                event = self._queue.popleft()
+                try:
+                    commands = self.role.handle(event)
+                except Exception as err:  # a bug, not bad input: end the session cleanly, one line
+                    self.log.debug("internal error", exc_info=True)
+                    self._fail(f"internal error handling {type(event).__name__}: {type(err).__name__}: {err}")
+                    return
+                for command in commands:
                     self._do(command)
         finally:
             self._feeding = False
+
+    def _fail(self, reason: str) -> None:
+        self.log.error(reason)
+        self._queue.clear()
+        for peer in list(self.peers):
+            self._detach(peer)
+        for fd in list(self.watched):
+            self._unwatch(fd)
+        with contextlib.suppress(Exception):
+            release = getattr(self.role, "release", None)
+            if release is not None:
+                release()
+        self.ended = SessionEnded(reason, True)
 
     # -- commands -------------------------------------------------------------------------
 
     def _do(self, command: object) -> None:
         kind = command.__class__
         if kind is Record:
-            if self.sink is not None:
-                self.sink(command.event)
-                self.events_recorded += 1
+            if self.sink is not None or self.sink_many is not None:
+                self._records.append(command.event)
+                if len(self._records) >= 512:
+                    self.flush()
         elif kind is Send:
             self._send(command)
         elif kind is Signal:

@@ -50,11 +50,13 @@ from .engine import (
     Resources,
     Send,
     SessionEnded,
+    Signal,
     Stop,
     Tick,
     Unwatch,
     Watch,
 )
+from .memview import LiveMemory
 from .state import Session
 
 log = logging.getLogger("vqtrace.vhost")
@@ -101,7 +103,7 @@ class ProxyEngine:
         self.poll_mode = poll
         self.device_type = device_type
         self.session = Session()
-        self.memory = GuestMemory()  # guest memory, mapped read-only
+        self.memory = LiveMemory()  # guest memory, mapped read-only
         self.inflight_memory: mmap.mmap | None = None
         self.inflight_reports: list[InflightReport] = []
         self._reported_inflight: set[int] = set()
@@ -115,6 +117,8 @@ class ProxyEngine:
         }
         self.fds: dict[int, _Fds] = {}
         self.taps: dict[int, RingTap] = {}
+        self.live_rings: set[int] = set()  # rings set up (SET_VRING_KICK) and not stopped
+        self.broken_rings: set[int] = set()  # rings whose reader failed, until set up again
         self.channel_open = False
         self.ended = False
         self.messages = 0
@@ -169,9 +173,12 @@ class ProxyEngine:
 
     def _record_message(self, msg: Message, direction: Direction, time_ns: int, out: list[Command],
                         queue: int | None = None) -> None:
+        session = self.session
+        params = {"xen_mmap": 1} if session.has_protocol("XEN_MMAP") else None
         out.append(Record(Event(EventKind.VHOST_USER, time_ns, self.source, queue=queue, direction=direction,
                                 data=msg.raw, device_type=self.device_type, channel=msg.channel,
-                                fds=len(msg.fds))))
+                                fds=len(msg.fds), features=session.features,
+                                packed=session.layout is Layout.PACKED, params=params)))
 
     def _from_frontend(self, msg: Message, time_ns: int, out: list[Command]) -> None:
         self._record_message(msg, Direction.TO_DEVICE, time_ns, out, _queue_of(msg))
@@ -221,6 +228,7 @@ class ProxyEngine:
                 index = p.unpack_state(msg.payload).index
                 self._poll_queue(index, time_ns, out)
                 self.taps.pop(index, None)
+                self.live_rings.discard(index)
         out.append(Send(Peer.FRONTEND, msg))
 
     def _channel_from_backend(self, msg: Message, time_ns: int, out: list[Command]) -> None:
@@ -228,10 +236,11 @@ class ProxyEngine:
         self._record_message(msg, Direction.TO_DRIVER, time_ns, out, _queue_of(msg))
         if not msg.reply:
             self.session.on_request(msg)
-        out.append(Send(Peer.FRONTEND_CHANNEL, msg))
         if not msg.reply and msg.request in (p.BACKEND_VRING_CALL, p.BACKEND_VRING_ERR):
+            # In-band call: the used ring is read before the message goes on (see _notified).
             kind = Notify.CALL if msg.request == p.BACKEND_VRING_CALL else Notify.ERR
             self._notified(Notified(kind, p.unpack_state(msg.payload).index, time_ns), out, inband=True)
+        out.append(Send(Peer.FRONTEND_CHANNEL, msg))
 
     def _channel_from_frontend(self, msg: Message, time_ns: int, out: list[Command]) -> None:
         """The front-end's reply on the back-end channel."""
@@ -245,14 +254,16 @@ class ProxyEngine:
 
     # -- memory ---------------------------------------------------------------------------
 
+    # The ring readers keep following their queues across memory table changes (QEMU adds and
+    # removes regions while the device runs): they read through self.memory, whose bounds they
+    # re-check whenever its regions change.
+
     def _map_table(self, msg: Message, out: list[Command]) -> None:
-        self._drop_taps()
         self.memory.close()
         for region, fd in zip(p.unpack_memory(msg.payload), msg.fds, strict=True):
             self._map_region(region, fd, out)
 
     def _map_region(self, region: p.MemoryRegion, fd: int, out: list[Command]) -> None:
-        self._drop_taps()
         try:
             self.memory.add_fd(fd, region.guest_addr, region.size, region.mmap_offset, writable=False,
                                user_addr=region.user_addr, name=f"region@0x{region.guest_addr:x}")
@@ -261,7 +272,6 @@ class ProxyEngine:
                                             f"0x{region.size:x}: {err}; its rings are not traced"))
 
     def _unmap_region(self, region: p.MemoryRegion, out: list[Command]) -> None:
-        self._drop_taps()
         try:
             self.memory.remove(region.guest_addr)
         except GuestMemoryError:
@@ -346,7 +356,12 @@ class ProxyEngine:
                 out.append(Unwatch(old))
             self.resources.close(old)
         if kind is Notify.KICK:
+            # The reader starts here, before the back-end can see this kick fd and move the
+            # rings: the used ring's idx now is where the back-end resumes ("Ring states").
             self._drop_tap(index)
+            self.broken_rings.discard(index)
+            self._tap(index, out)
+            self.live_rings.add(index)
             self._report_inflight(index, out)
         if nofd or self.poll_mode:
             if nofd and kind is not Notify.KICK and kind in fds.ours:
@@ -359,12 +374,18 @@ class ProxyEngine:
             ours = fds.ours[kind] = self.resources.eventfd()
         if kind is Notify.KICK:
             out.append(Watch(theirs, kind, index, forward_to=ours))
+        elif kind is Notify.CALL:
+            out.append(Watch(ours, kind, index))  # forwarded by _notified, once the used ring is read
         else:
             out.append(Watch(ours, kind, index, forward_to=theirs))
         msg.fds = [ours]
         return (ours,)
 
     def _notified(self, event: Notified, out: list[Command], *, inband: bool = False) -> None:
+        """A kick (already forwarded by the edge: the driver's new chains stay put until they
+        are used), or a call: the used ring is read first, then the call is forwarded, so
+        the driver cannot reuse a chain's descriptors or buffers before they are recorded
+        (a chain the back-end found by polling, without a kick, is first seen here)."""
         self.notifications += 1
         kind = EventKind.KICK if event.kind is Notify.KICK else EventKind.CALL
         direction = Direction.TO_DEVICE if event.kind is Notify.KICK else Direction.TO_DRIVER
@@ -374,14 +395,20 @@ class ProxyEngine:
             return
         if event.kind is Notify.KICK:
             self.session.kicked(event.queue)
+        data = event.count.to_bytes(8, "little") if not inband else b""
         out.append(Record(Event(kind, event.time_ns, self.source, queue=event.queue, direction=direction,
-                                device_type=self.device_type, channel=1 if inband else 0)))
+                                data=data, device_type=self.device_type, channel=1 if inband else 0,
+                                features=self.session.features)))
         self._poll_queue(event.queue, event.time_ns, out)
+        if event.kind is Notify.CALL and not inband:
+            theirs = self.fds.get(event.queue, _Fds()).theirs.get(Notify.CALL)
+            if theirs is not None:
+                out.append(Signal(theirs))
 
     def _tick(self, time_ns: int, out: list[Command]) -> None:
-        for index, ring in list(self.session.vrings.items()):
-            if ring.started:
-                self._poll_queue(index, time_ns, out)
+        # Sampling (--poll): every ring from its SET_VRING_KICK until GET_VRING_BASE stops it.
+        for index in sorted(self.live_rings):
+            self._poll_queue(index, time_ns, out)
 
     def _poll_queue(self, index: int, time_ns: int, out: list[Command]) -> None:
         tap = self._tap(index, out)
@@ -389,15 +416,19 @@ class ProxyEngine:
             return
         try:
             events = tap.poll(time_ns)
-        except VqtraceError as err:
-            out.append(Log(logging.WARNING, f"vring {index}: cannot read the ring: {err}"))
+        except Exception as err:  # a ring reader failing must never stop the forwarding
+            what = str(err) if isinstance(err, VqtraceError) else f"{type(err).__name__}: {err}"
+            out.append(Log(logging.WARNING, f"vring {index}: cannot read the ring ({what}); not traced until it is "
+                                            "set up again"))
             self.taps.pop(index, None)
+            self.live_rings.discard(index)
+            self.broken_rings.add(index)
             return
         out.extend(Record(event) for event in events)
 
     def _tap(self, index: int, out: list[Command]) -> RingTap | None:
         tap = self.taps.get(index)
-        if tap is not None or self.tap_factory is None:
+        if tap is not None or self.tap_factory is None or index in self.broken_rings:
             return tap
         ring = self.session.vrings.get(index)
         if ring is None or not ring.ready or not self.memory.regions:
@@ -414,9 +445,6 @@ class ProxyEngine:
     def _drop_tap(self, index: int | None) -> None:
         if index is not None:
             self.taps.pop(index, None)
-
-    def _drop_taps(self) -> None:
-        self.taps.clear()
 
     # -- the back-end channel -------------------------------------------------------------
 

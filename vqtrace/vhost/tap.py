@@ -11,11 +11,12 @@ request from its header without looking back) and the bytes the device wrote.
 
 from __future__ import annotations
 
+from ..dissectors.virtqueue import VIRTQ_DESC_F_INDIRECT as _INDIRECT
+from ..dissectors.virtqueue import VIRTQ_DESC_F_WRITE as _WRITE
 from ..errors import GuestMemoryError
 from ..events import Direction, Event, EventKind
 from ..memory import GuestMemory
 from ..model import Chain, Layout, QueueConfig
-from ..rings.buffers import read_readable, read_written
 from ..rings.tracker import RingTracker
 from . import protocol as p
 
@@ -25,7 +26,7 @@ DEFAULT_SNAPLEN = 1 << 16
 class TrackerTap:
     """Follows one started queue from its vring base (VHOST_USER_SET_VRING_BASE)."""
 
-    __slots__ = ("config", "device_type", "memory", "snaplen", "source", "tracker")
+    __slots__ = ("_readable", "config", "device_type", "memory", "snaplen", "source", "tracker")
 
     def __init__(self, config: QueueConfig, memory: GuestMemory, base: int, source: str, *,
                  snaplen: int = DEFAULT_SNAPLEN) -> None:
@@ -34,6 +35,9 @@ class TrackerTap:
         self.source = source
         self.snaplen = snaplen
         self.device_type = config.device_type
+        # The readable bytes of each chain in flight as read when it was made available: its
+        # USED event repeats them (the driver may have reused the buffers since).
+        self._readable: dict[int, tuple[Chain, bytes, bool]] = {}
         if config.layout is Layout.PACKED:
             avail, avail_wrap, used, used_wrap = p.packed_base(base)
             self.tracker = RingTracker(config, memory, avail_idx=avail, avail_wrap=avail_wrap, used_idx=used,
@@ -43,12 +47,24 @@ class TrackerTap:
             # ring's idx and base are in flight already (a restarted or reconnected queue).
             self.tracker = RingTracker(config, memory, avail_idx=p.split_base(base))
 
-    def _bytes(self, chain: Chain, limit: int) -> tuple[bytes, bool]:
+    def _bytes(self, chain: Chain, limit: int, write: int = 0) -> tuple[bytes, bool]:
+        """Up to ``limit`` bytes of the chain's readable buffers (``write`` = VIRTQ_DESC_F_WRITE:
+        its writable ones), and whether fewer than they hold were taken. Never raises."""
+        view, parts, left, total = self.memory.view, [], limit, 0
         try:
-            data = read_readable(self.memory, chain, limit)
+            for desc in chain.descriptors:
+                flags = desc.flags
+                if flags & _INDIRECT or flags & _WRITE != write:
+                    continue
+                total += desc.len
+                if left > 0 and desc.len:
+                    take = desc.len if desc.len <= left else left
+                    parts.append(view(desc.addr, take))
+                    left -= take
         except GuestMemoryError:
-            return b"", True
-        return data, chain.readable_len > len(data)
+            return b"".join(parts), True
+        data = b"".join(parts)
+        return data, total > len(data)
 
     def poll(self, time_ns: int) -> list[Event]:
         changes = self.tracker.poll()
@@ -57,20 +73,24 @@ class TrackerTap:
         config, source, device_type = self.config, self.source, self.device_type
         index, features, packed = config.index, config.features, config.layout is Layout.PACKED
         events = []
+        kept = self._readable
+        if len(kept) > 4 * config.size:  # chains dropped without a used element (anomalies): forget the oldest
+            for key in list(kept)[:len(kept) - 2 * config.size]:
+                del kept[key]
         for chain in changes.avail:
             data, cut = self._bytes(chain, self.snaplen)
+            kept[id(chain)] = (chain, data, cut)
             events.append(Event(EventKind.AVAIL, time_ns, source, index, Direction.TO_DEVICE, data, device_type,
                                 chain=chain, features=features, packed=packed, truncated=cut))
         for done in changes.used:
             chain = done.chain
             data, written, cut = b"", b"", False
             if chain is not None:
-                data, cut = self._bytes(chain, self.snaplen)
-                try:
-                    written = read_written(self.memory, chain, min(done.elem.len, self.snaplen))
-                except GuestMemoryError:
-                    written, cut = b"", True
-                cut = cut or (done.elem.len > len(written) and chain.writable_len > len(written))
+                entry = kept.pop(id(chain), None)
+                data, cut = entry[1:] if entry is not None and entry[0] is chain else self._bytes(chain, self.snaplen)
+                length = done.elem.len
+                written, cut_w = self._bytes(chain, length if length < self.snaplen else self.snaplen, _WRITE)
+                cut = cut or (cut_w and len(written) < length)
             events.append(Event(EventKind.USED, time_ns, source, index, Direction.TO_DRIVER, data, device_type,
                                 chain=chain, used=done.elem, written=written, features=features, packed=packed,
                                 truncated=cut))

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Live tracing cost: 4 KiB random reads against qemu-storage-daemon, direct and through ``vqtrace live``.
+
+One run measures, at queue depth 1 and 32, the Python front-end (vqtrace.vhost.load)
+reading from qemu-storage-daemon's vhost-user-blk export directly, then through the
+vqtrace proxy (``vqtrace live --socket ... --backend ... -w trace.pcapng``, its own
+process, tracing every message, notification and chain to a pcapng file). The runs
+alternate (direct, proxy, direct, proxy ...) and the best of each is kept, so load
+from other processes on the machine hits both alike. Figures:
+
+- ``live_direct_iops_qd{1,32}`` / ``live_proxy_iops_qd{1,32}`` (IOPS),
+- ``live_proxy_iops_ratio_qd{1,32}``: proxy IOPS / direct IOPS (x; the aim is >= 0.9 at qd32),
+- ``live_proxy_added_median_latency_qd{1,32}``: proxy median latency - direct (us).
+
+JSON lines on stdout; ``--quick`` runs shorter. Needs qemu-storage-daemon (prints nothing
+and exits 0 without it, with a note on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqtrace.vhost.frontend import BlkClient
+from vqtrace.vhost.harness import StorageDaemon, make_image
+from vqtrace.vhost.live import wait_for_path
+from vqtrace.vhost.load import LoadResult, RandomReads
+
+IMAGE_SIZE = 64 << 20
+
+
+def measure(socket_path: Path, depth: int, seconds: float) -> LoadResult:
+    client = BlkClient.connect(socket_path, queue_size=128)
+    try:
+        return RandomReads(client, depth).run(seconds)
+    finally:
+        client.close()
+
+
+def figure(name: str, value: float, unit: str) -> None:
+    print(json.dumps({"figure": name, "value": round(value, 3), "unit": unit}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--seconds", type=float, help="seconds per measurement (default 3, 0.5 with --quick)")
+    parser.add_argument("--rounds", type=int, help="direct/proxy pairs per depth (default 3, 1 with --quick)")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (0.5 if args.quick else 3.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    if not StorageDaemon.available():
+        print("bench_live: qemu-storage-daemon is not installed; nothing measured", file=sys.stderr)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="vqtrace-bench-") as tmp:
+        base = Path(tmp)
+        image = make_image(base / "disk.img", IMAGE_SIZE)
+        with open(image, "r+b") as disk:  # real data, in the page cache: reads measure the path, not the disk
+            chunk = bytes(range(256)) * 4096
+            for _ in range(IMAGE_SIZE // len(chunk)):
+                disk.write(chunk)
+        with StorageDaemon(image, base / "qsd.sock") as qsd:
+            proxy_sock = base / "vqtrace.sock"
+            proxy = subprocess.Popen([sys.executable, "-m", "vqtrace", "live", "--socket", str(proxy_sock),
+                                      "--backend", str(qsd.socket), "--device-type", "blk", "-q",
+                                      "-w", str(base / "trace.pcapng")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_for_path(str(proxy_sock), 30)
+                for depth in (1, 32):
+                    best: dict[str, LoadResult] = {}
+                    for _ in range(rounds):
+                        for name, path in (("direct", qsd.socket), ("proxy", proxy_sock)):
+                            result = measure(path, depth, seconds)
+                            if result.errors:
+                                raise SystemExit(f"bench_live: {result.errors} reads failed ({name}, qd{depth})")
+                            if name not in best or result.iops > best[name].iops:
+                                best[name] = result
+                    direct, traced = best["direct"], best["proxy"]
+                    figure(f"live_direct_iops_qd{depth}", direct.iops, "IOPS")
+                    figure(f"live_proxy_iops_qd{depth}", traced.iops, "IOPS")
+                    figure(f"live_proxy_iops_ratio_qd{depth}", traced.iops / direct.iops, "x")
+                    figure(f"live_proxy_added_median_latency_qd{depth}",
+                           traced.median_latency_us - direct.median_latency_us, "us")
+            finally:
+                proxy.terminate()
+                try:
+                    _, err = proxy.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proxy.kill()
+                    _, err = proxy.communicate(timeout=5)
+            if proxy.returncode not in (0, -15) or b"Traceback" in err:
+                print(f"bench_live: the proxy failed: {err.decode(errors='replace')[-2000:]}", file=sys.stderr)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
