@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -41,12 +42,21 @@ def make_snapshot(out: Path, work: Path, kernel, accel: str) -> list[Path]:
         snapshot = emulated.take_snapshot(procs, kernel, accel, work / "snapshot")
     finally:
         procs.stop_all()
-    compressed = out / f"{SNAPSHOT_NAME}.elf.zst"
+    compressed = work / f"{SNAPSHOT_NAME}.elf.zst"
     subprocess.run(["zstd", "-q", "-f", "-19", "-T2", str(snapshot.dump), "-o", str(compressed)], check=True)
     compressed.chmod(0o644)
-    bundle = shutil.copyfile(snapshot.bundle, out / f"{SNAPSHOT_NAME}.qemu-status.json")
-    inflight = shutil.copyfile(snapshot.inflight, out / f"{SNAPSHOT_NAME}.inflight.json")
-    return [compressed, bundle, inflight]
+    # All three files describe one instant: replace them together, each atomically.
+    return [install(compressed, out), install(snapshot.bundle, out, f"{SNAPSHOT_NAME}.qemu-status.json"),
+            install(snapshot.inflight, out, f"{SNAPSHOT_NAME}.inflight.json")]
+
+
+def install(path: Path, out: Path, name: str | None = None) -> Path:
+    """Copy ``path`` into ``out`` under a temporary name, then rename: never a half-written capture."""
+    target = out / (name or path.name)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(path, partial)
+    os.replace(partial, target)
+    return target
 
 
 def make_live(out: Path, work: Path, kernel, accel: str) -> list[Path]:
@@ -61,11 +71,12 @@ def make_live(out: Path, work: Path, kernel, accel: str) -> list[Path]:
         try:
             image = make_disk(run / "disk.img")
             socket_path = run / "vqtrace.sock"
-            trace = out / f"{name}.pcapng"
-            args = [sys.executable, "-m", "vqtrace", "live", "--socket", str(socket_path), "-w", str(trace)]
+            trace = run / f"{name}.pcapng"  # copied into captures/ only when the run passed
+            args = [sys.executable, "-m", "vqtrace", "live", "--socket", str(socket_path), "--once", "-q",
+                    "-w", str(trace)]
             if role == "proxy":
                 StorageDaemon(procs, image, run / "qsd.sock").start()
-                args += ["--backend", str(run / "qsd.sock")]
+                args += ["--backend", str(run / "qsd.sock"), "--device-type", "blk"]
             else:
                 args += ["--device", "blk", "--image", str(image)]
             live = procs.spawn("vqtrace-live", args)
@@ -75,10 +86,10 @@ def make_live(out: Path, work: Path, kernel, accel: str) -> list[Path]:
                         shared_memory=True).start()
             verdict = vm.wait_console(r"^VQTRACE-VERDICT (PASS|FAIL)(.*)$", 180)
             vm.wait_exit(30)
-            live.interrupt(15)
+            live.wait(20)
             if verdict.group(1) != "PASS" or check_disk(image):
                 raise HarnessError(f"{name}: {verdict.group(0)}")
-            made.append(trace)
+            made.append(install(trace, out))
         finally:
             procs.stop_all()
     return made

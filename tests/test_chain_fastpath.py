@@ -242,6 +242,26 @@ def test_batches_of_linux_style_indirect_tables():
         assert chain.ring_len == 1 and len(chain.buffers) == (2 if k % 4 == 3 else 4)
 
 
+def test_batches_of_packed_indirect_tables():
+    table = b"".join(PACKED_DESC_STRUCT.pack(MEM_BASE + 64 * k, 10 + k, 0, 2 if k > 1 else 0) for k in range(4))
+    bad = table[:16] + PACKED_DESC_STRUCT.pack(MEM_BASE, 5, 0, 4) + table[32:]  # a nested INDIRECT entry
+    ring = b"".join(PACKED_DESC_STRUCT.pack(INDIRECT_AT + 64 * (k % 4), 64, k, VIRTQ_DESC_F_AVAIL | 4)
+                    for k in range(32))
+    memory, desc = _memory_with(ring)
+    for k in range(4):
+        memory.write(INDIRECT_AT + 64 * k, bad if k == 3 else table)
+    config = QueueConfig(0, 32, desc, desc + 0x1000, desc + 0x2000, Layout.PACKED, 1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    chains = scan_packed_batch(config, memory, 0, True, memory.view(desc, 512), bounds)
+    assert [c.id for c in chains] == [0, 1, 2]  # the batch stops before the bad table
+    assert {type(c._lazy).__name__ for c in chains} == {"_IndirectRows"}
+    for k, chain in enumerate(chains):
+        want = careful_packed_chain(config, memory, k, True, bounds=bounds)
+        _same(chain, want)
+        assert not want.anomalies and (chain.readable_len, chain.writable_len) == (21, 25)
+    assert careful_packed_chain(config, memory, 3, True, bounds=bounds).anomalies[0].code == "NESTED_INDIRECT"
+
+
 def test_struct_formats_are_little_endian():
     assert DESC_STRUCT.format.startswith("<") and PACKED_DESC_STRUCT.format.startswith("<")
     assert struct.calcsize(DESC_STRUCT.format) == 16

@@ -18,8 +18,9 @@ from vqtrace.driver import (
 )
 from vqtrace.errors import GuestMemoryError, VqtraceError
 from vqtrace.memory import GuestMemory
-from vqtrace.model import VIRTIO_F_IN_ORDER, Layout
+from vqtrace.model import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, Layout
 from vqtrace.rings import DeviceQueue, RingTracker, write_response
+from vqtrace.rings.packed import event_desc
 
 IN_ORDER = 1 << VIRTIO_F_IN_ORDER
 
@@ -244,3 +245,24 @@ def test_driver_queue_at_a_fixed_base():
             DriverQueue(guest.memory, guest.allocator, size=16, base=0x80000)
         addresses = [guest.allocator.alloc(4096) for _ in range(200)]
         assert all(not 0x80000 <= a < 0x80000 + queue.layout.total for a in addresses)
+
+
+@pytest.mark.parametrize("layout", [Layout.SPLIT, Layout.PACKED])
+def test_reading_used_buffers_asks_for_the_next_notification_only_while_enabled(layout):
+    with GuestDriver.in_buffer(1 << 20) as guest:
+        queue = guest.queue(0, 8, layout=layout, features=1 << VIRTIO_F_EVENT_IDX)
+        device = DeviceQueue(queue.config, guest.memory)
+
+        def event():
+            return queue.ring.driver_event() if layout is Layout.PACKED else queue.ring.used_event()
+
+        for _ in range(3):
+            queue.add([b"a"], [])
+        device.push(device.pop(), 0)
+        queue.get_used()
+        assert event() == ((event_desc(1, True), 2) if layout is Layout.PACKED else 1)
+        queue.disable_used_notifications()
+        before = event()
+        device.push(device.pop(), 0)
+        queue.get_used()
+        assert event() == before  # left behind: no notification wanted

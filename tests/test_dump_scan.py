@@ -196,3 +196,22 @@ def test_cli_progress_bar_on_a_terminal_stderr(planted, tmp_path):
     assert proc.returncode == 0
     assert b"decompressing guest.elf.gz [" in drawn and b"scanning [" in drawn
     assert b"\x1b[K" in drawn and b"scanning" not in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["page-tables", "next-chains"])
+def test_descriptor_like_memory_everywhere_gives_no_ring(kind):
+    """The worst case for the first two passes: every page looks like a descriptor table."""
+    from vqtrace.dump.snapshot import Extent, Snapshot
+    from vqtrace.memory import GuestMemory
+
+    rng = np.random.default_rng(3)
+    size = 8 * MiB
+    if kind == "page-tables":
+        data = ((rng.integers(0, size // 4096, size // 8, dtype=np.uint64) << np.uint64(12)) | np.uint64(0x61))
+    else:
+        data = np.zeros(size // 16, dtype=DESC_DTYPE)
+        data["addr"], data["len"], data["flags"] = 0x1000, 16, 1
+        data["next"] = rng.integers(0, 256, len(data))
+    memory = GuestMemory.from_bytes(bytearray(data.tobytes()), writable=False)
+    with Snapshot("noise", "raw", memory, [Extent(0, size, 0)]) as snap:
+        assert scan(snap, progress=False) == []

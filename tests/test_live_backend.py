@@ -166,3 +166,63 @@ def test_socket_path_that_is_not_a_socket(tmp_path):
         busy.close()
     assert proc.returncode == 2 and "another program is listening" in proc.stderr.decode()
     assert vu.HEADER_SIZE == 12
+
+
+def test_inband_notifications_through_the_proxy_are_traced(tmp_path):
+    """VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS: kicks as VHOST_USER_VRING_KICK messages, calls as
+    VHOST_USER_BACKEND_VRING_CALL on the back-end channel; the proxy traces both and reads the rings."""
+    from vqtrace.devices.blk import BlkDevice
+    from vqtrace.vhost.harness import LiveThread
+    from vqtrace.vhost.live import LiveOptions
+
+    events = []
+    backend = LiveThread(LiveOptions(socket=str(tmp_path / "b.sock"), device=BlkDevice(size=1 << 20), once=True))
+    proxy = LiveThread(LiveOptions(socket=str(tmp_path / "p.sock"), backend=str(tmp_path / "b.sock"), once=True,
+                                   device_type=2), events.append)
+    with backend, proxy:
+        client = BlkClient.connect(tmp_path / "p.sock", inband=True)
+        assert client.fe.session.has_protocol("INBAND_NOTIFICATIONS")
+        assert client.write(1, b"i" * 512).status == VIRTIO_BLK_S_OK
+        assert client.read(1, 512).data == b"i" * 512
+        client.close()
+        proxy.join(10)
+        backend.join(10)
+    notes = [(e.kind, e.channel) for e in events if e.kind in (EventKind.KICK, EventKind.CALL)]
+    assert notes == [(EventKind.KICK, 1), (EventKind.CALL, 1)] * 2
+    names = [vu.unpack_header(e.data).request for e in events if e.kind is EventKind.VHOST_USER and e.channel == 1
+             and not e.data[4] & 4]
+    assert names == [4, 4]  # VHOST_USER_BACKEND_VRING_CALL, on the back-end channel
+    used = [HDR.unpack_from(e.data)[2] for e in events if e.kind is EventKind.USED]
+    assert used == [1, 1]
+
+
+@pytest.mark.parametrize("name", ["net", "console", "rng", "balloon", "scsi", "vsock", "blk"])
+def test_every_reference_device_sets_up_over_vhost_user(tmp_path, name):
+    """Negotiation, memory, config space and every queue of each device, then a clean stop."""
+    import argparse
+
+    from vqtrace.commands.live import make_device
+    from vqtrace.vhost.harness import LiveThread, open_fds
+    from vqtrace.vhost.live import LiveOptions
+
+    before = open_fds()
+    device = make_device(argparse.Namespace(device=name, image=None, size="1M" if name in ("blk", "scsi") else None,
+                                            readonly=False))
+    events = []
+    with LiveThread(LiveOptions(socket=str(tmp_path / "d.sock"), device=device, once=True), events.append) as live:
+        fe = FrontEnd(tmp_path / "d.sock", device_type=device.device_id)
+        fe.negotiate(config_size=len(device.config_space()))
+        assert fe.config == device.config_space()
+        fe.share_memory()
+        for index in range(device.num_queues):
+            fe.setup_queue(index, 16)
+        fe.start()
+        bases = [fe.stop_queue(index) for index in range(device.num_queues)]
+        fe.close(stop=False)
+        ended = live.join(10)
+    if getattr(device, "backend", None) is not None:
+        device.backend.close()
+    assert not ended.error, ended.reason
+    assert bases == [0] * device.num_queues
+    assert all(e.device_type == device.device_id for e in events)
+    assert open_fds() <= before

@@ -22,6 +22,7 @@ from vqtrace.errors import VhostUserError
 from vqtrace.events import Direction, EventKind
 from vqtrace.trace.reader import TraceReader
 from vqtrace.trace.writer import TraceWriter
+from vqtrace.vhost import protocol as p
 from vqtrace.vhost.frontend import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, BlkClient
 from vqtrace.vhost.harness import LiveThread, StorageDaemon, make_image, open_fds
 from vqtrace.vhost.live import LiveOptions
@@ -255,3 +256,23 @@ def test_backend_that_cannot_be_reached_is_one_error(tmp_path):
         ended = live.join(10)
     assert ended.error and "cannot connect to the back-end" in ended.reason
     assert not os.path.exists(tmp_path / "vq.sock")
+
+
+def test_a_new_call_fd_mid_session_keeps_calls_flowing(tmp_path, qsd):
+    """QEMU sends SET_VRING_CALL again whenever the guest (un)masks a vector; the proxy then hands
+    the back-end its same eventfd again and must keep seeing and forwarding its calls."""
+    trace = tmp_path / "trace.pcapng"
+    with TraceWriter(trace) as writer, proxy(tmp_path, qsd, writer, once=True) as live:
+        client = BlkClient.connect(live.live.options.socket, timeout=5)
+        assert client.write(1, b"1" * 512).status == VIRTIO_BLK_S_OK
+        queue = client.fe.queues[0]
+        for n in range(3):
+            fresh = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            client.fe.request(p.SET_VRING_CALL, p.pack_vring_file(0), fds=[fresh])
+            os.close(queue.call_fd)
+            queue.call_fd = fresh
+            assert client.write(2 + n, bytes([n]) * 512).status == VIRTIO_BLK_S_OK
+        client.close()
+        live.join(10)
+    used = blk_requests(read_trace(trace), EventKind.USED)
+    assert [s for _, s, _ in used] == [1, 2, 3, 4]

@@ -101,7 +101,7 @@ def test_a_corrupt_block_is_reported_and_skipped(tmp_path):
     path = tmp_path / "t.pcapng"
     write_trace(path, kicks(10))
     data = bytearray(path.read_bytes())
-    offset, length = blocks_of(bytes(data))[5]  # SHB, IDB, then the 4th packet block
+    offset, _length = blocks_of(bytes(data))[5]  # SHB, IDB, then the 4th packet block
     data[offset + 4:offset + 8] = struct.pack("<I", 0x7777)  # a length that disagrees with the trailer
     path.write_bytes(bytes(data))
     with TraceReader(path) as reader:

@@ -15,8 +15,8 @@ from vqtrace.dissectors import all_layers
 from vqtrace.events import Event, EventKind
 from vqtrace.filter import compile_filter
 from vqtrace.trace import tshark
-from vqtrace.trace.dissect import Dissector, RecordError
 from vqtrace.trace.display import catalog
+from vqtrace.trace.dissect import Dissector, RecordError
 from vqtrace.trace.reader import TraceReader
 from vqtrace.trace.samples import write_samples
 from vqtrace.trace.writer import TraceWriter
@@ -60,6 +60,8 @@ def mismatches(path) -> list[str]:
             problems.append(f"frame {number}: {errors[0]}")
         for abbrev, values in ours.items():
             got = theirs.get(abbrev)
+            if got is not None and "." not in abbrev:
+                continue  # a protocol: present in both (the plugin also puts virtio_blk.status under virtio_blk)
             if got is None or len(got) != len(values) or not all(map(same, values, got)):
                 problems.append(f"frame {number}: {abbrev}: vqtrace {values[:4]!r}, tshark {(got or [])[:4]!r}")
     return problems

@@ -310,3 +310,47 @@ def test_too_many_fds_is_an_error(engine):
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_reconnect_with_an_inflight_buffer_names_the_requests_to_resubmit(engine):
+    """SET_INFLIGHT_FD after a reconnect ("Inflight I/O tracking"): once the ring is set up the proxy
+    decodes the queue's region, records it, and logs which requests the back-end must resubmit."""
+    from vqtrace.driver import GuestDriver
+
+    qsize = 8
+    guest = GuestDriver.in_memfd(1 << 20, 0, user_addr=0x7E00_0000_0000)
+    queue = guest.queue(0, qsize, features=1 << 32)
+    # two blk requests the back-end took and did not finish before it died
+    heads = [queue.add([struct.pack("<IIQ", 1, 0, sector), b"d" * 512], [1]) for sector in (8, 16)]
+    region = bytearray(64 + 16 * qsize)  # QueueRegionSplit: features, version, desc_num, last_batch_head, used_idx
+    struct.pack_into("<QHHHH", region, 0, 0, 1, qsize, 0, 0)
+    for counter, head in ((5, heads[1]), (9, heads[0])):  # fetched in this order: head 1 first
+        struct.pack_into("<B5xHQ", region, 16 + 16 * head, 1, 0, counter)
+    fd = memfd(len(region))
+    os.pwrite(fd, bytes(region), 0)
+    c = queue.config
+    user = 0x7E00_0000_0000
+    messages = [
+        Message.make(p.SET_FEATURES, p.pack_u64(1 << 32)),
+        Message.make(p.SET_INFLIGHT_FD, p.pack_inflight(p.Inflight(len(region), 0, 1, qsize)), fds=[fd]),
+        Message.make(p.SET_MEM_TABLE, p.pack_memory([p.MemoryRegion(0, 1 << 20, user, 0)]), fds=[os.dup(guest.fd)]),
+        Message.make(p.SET_VRING_NUM, p.pack_state(0, qsize)),
+        Message.make(p.SET_VRING_BASE, p.pack_state(0, 2)),
+        Message.make(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(0, 0, user + c.desc, user + c.device,
+                                                               user + c.driver, c.device))),
+        Message.make(p.SET_VRING_KICK, p.pack_vring_file(0, nofd=True)),
+    ]
+    engine.device_type = 2
+    book = Playbook(engine, logs=True, records=True)
+    for msg in messages:
+        book >> rx(F, msg)
+    with pytest.raises(AssertionError):
+        assert book  # (not scripting every record: the log line and the DATA record are checked below)
+    logs = [c.text for c in book.commands(Log)]
+    assert ("vring 0: the inflight buffer says the back-end must resubmit 2 requests: "
+            f"head {heads[1]} (blk OUT sector=16 len=512), head {heads[0]} (blk OUT sector=8 len=512)") in logs
+    data = [c.event for c in book.commands(Record) if c.event.kind is EventKind.DATA]
+    assert len(data) == 1 and data[0].layer == "vhost_user.inflight_split" and data[0].queue == 0
+    assert data[0].params == {"queue_size": qsize} and len(data[0].data) == 16 + 16 * qsize
+    assert engine.inflight_reports[0].heads == [heads[1], heads[0]]
+    guest.close()

@@ -243,6 +243,7 @@ class DriverQueue:
         self.layout = ring
         self.config = QueueConfig(index, size, ring.desc, ring.driver, ring.device, layout, features, device_type)
         memory.write(base, bytes(ring.total))  # 2.8.13: the descriptor ring is zero-initialized; 2.7.10.1 flags 0
+        self.notifications_enabled = True  # used buffer notifications wanted (see disable_used_notifications)
         self.size = size
         self.packed = packed
         self._pending: dict[int, _Pending] = {}  # id -> record, in the order made available
@@ -468,6 +469,7 @@ class DriverQueue:
 
     def disable_used_notifications(self) -> None:
         """Advise the device not to notify (2.7.7: NO_INTERRUPT; 2.8.14: DISABLE)."""
+        self.notifications_enabled = False
         if self.packed:
             self.ring.set_driver_event(0, RING_EVENT_FLAGS_DISABLE)  # type: ignore[union-attr]
         elif not self.config.event_idx:
@@ -476,6 +478,7 @@ class DriverQueue:
 
     def enable_used_notifications(self) -> None:
         """Ask for a used buffer notification at the next used buffer (``used_event`` = last seen)."""
+        self.notifications_enabled = True
         if self.packed:
             if self.config.event_idx:
                 self.ring.set_driver_event(event_desc(self.next_used, self.used_wrap),  # type: ignore[union-attr]
@@ -501,8 +504,9 @@ class DriverQueue:
             if not batch:
                 break
             out.extend(batch)
-        if self.config.event_idx and not self.packed:
-            self.ring.set_used_event(self.last_used)  # type: ignore[union-attr]
+        if self.config.event_idx and self.notifications_enabled and out:
+            # as Linux does after reading used buffers: next notification at the next one (2.7.7, 2.8.14)
+            self.enable_used_notifications()
         return out
 
     def _next_used_split(self) -> list[UsedBuffer]:

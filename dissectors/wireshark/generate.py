@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from construct.expr import BinExpr, ExprMixin, Path as ThisPath, UniExpr
+from construct.expr import BinExpr, ExprMixin, UniExpr
+from construct.expr import Path as ThisPath
 
 from .. import layers as registry
 from . import ir
@@ -470,7 +471,7 @@ class Generator:
             for name, sub in node.fields:
                 ref = self.node(sub)
                 fields.append(f"{{name = {lua_string(name)}, node = {ref}}}" if name else f"{{node = {ref}}}")
-            head = [f't = "struct"', f"ab = {ab}"]
+            head = ['t = "struct"', f"ab = {ab}"]
             if node.abbrev in PROTOCOL_TITLES:
                 head.append(f"proto = PROTO[{ab}]")
             else:
@@ -494,7 +495,8 @@ class Generator:
                 parts.append("flags = {" + ", ".join(flags) + "}")
             return parts
         if isinstance(node, ir.BytesNode):
-            return ['t = "bytes"', f"ab = {ab}", f"f = {self.field_ref(node.abbrev)}", f"length = {self.fn(node.length)}"]
+            return ['t = "bytes"', f"ab = {ab}", f"f = {self.field_ref(node.abbrev)}",
+                    f"length = {self.fn(node.length)}"]
         if isinstance(node, ir.StringNode):
             return ['t = "string"', f"ab = {ab}", f"f = {self.field_ref(node.abbrev)}",
                     f"style = {lua_string(node.style)}", f"length = {self.fn(node.length)}"]
@@ -511,9 +513,11 @@ class Generator:
             return ['t = "if"', f"ab = {ab}", f"cond = {self.fn(node.cond)}", f'["then"] = {self.node(node.then)}',
                     f'["else"] = {self.node(node.orelse)}']
         if isinstance(node, ir.PaddedNode):
-            return ['t = "padded"', f"ab = {ab}", f"length = {self.fn(node.length)}", f"sub = {self.node(node.sub)}"]
+            return ['t = "padded"', f"ab = {ab}", f"length = {self.fn(node.length)}",
+                    f"sub = {self.node(node.sub)}"]
         if isinstance(node, ir.ComputedNode):
-            return ['t = "computed"', f"ab = {ab}", f"f = {self.field_ref(node.abbrev)}", f"func = {self.fn(node.func)}"]
+            return ['t = "computed"', f"ab = {ab}", f"f = {self.field_ref(node.abbrev)}",
+                    f"func = {self.fn(node.func)}"]
         if isinstance(node, ir.ConstNode):
             return ['t = "const"', f"ab = {ab}", f"value = {lua_literal(node.value)}", f"sub = {self.node(node.sub)}"]
         if isinstance(node, ir.PassNode):
@@ -523,6 +527,8 @@ class Generator:
     def write(self) -> str:
         self.layers()
         layer_lines = [f"LAYERS[{lua_string(name)}] = {self.node(root)}" for name, root in self.roots.items()]
+        layer_lines += [f"LAYER_PROTOCOL[{lua_string(name)}] = {lua_string(root.abbrev.split('.', 1)[0])}"
+                        for name, root in self.roots.items()]
         helpers = self.twins.helpers()
         if self.twins.problems:
             raise GenerateError("\n".join(self.twins.problems))
@@ -544,7 +550,7 @@ class Generator:
         out += self.twin_lines
         out += ["", "-- Layouts", "local N = {}"]
         out += self.node_lines
-        out += ["", "local LAYERS = {}"]
+        out += ["", "local LAYERS = {}", "local LAYER_PROTOCOL = {}"]
         out += layer_lines
         out += ["", fill_globals(PLAN).strip(), ""]
         return "\n".join(out)

@@ -79,6 +79,11 @@ local function layer(name, tvb, pinfo, tree, off, len, ps, quiet)
     local node = LAYERS[name]
     local items, err = dissect_layer(node, tvb, off, len, ps or new_params(), name)
     if items ~= nil then
+        if node.proto == nil then
+            -- a layer whose root is a subtree of its protocol (virtio_blk.status): under the protocol's
+            -- item, so a filter naming the protocol finds it, as vqtrace's does
+            tree = tree:add(PROTO[LAYER_PROTOCOL[name]], tvb(off, len))
+        end
         emit(tree, tvb, off, items)
         return items
     end

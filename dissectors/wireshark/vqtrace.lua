@@ -3081,6 +3081,7 @@ N[1280] = {t = "computed", ab = "virtio_rng.data.len", f = F["virtio_rng.data.le
 N[1281] = {t = "struct", ab = "virtio_rng.data", f = F["virtio_rng.data"], fields = {{name = "data", node = N[1279]}, {name = "len", node = N[1280]}}}
 
 local LAYERS = {}
+local LAYER_PROTOCOL = {}
 LAYERS["record"] = N[20]
 LAYERS["record.vhost_user"] = N[22]
 LAYERS["record.notify"] = N[26]
@@ -3146,6 +3147,71 @@ LAYERS["virtio_vsock.event"] = N[1267]
 LAYERS["virtio_vsock.config"] = N[1269]
 LAYERS["virtio_vsock.vsockmon"] = N[1278]
 LAYERS["virtio_rng.data"] = N[1281]
+LAYER_PROTOCOL["record"] = "vqtrace"
+LAYER_PROTOCOL["record.vhost_user"] = "vqtrace"
+LAYER_PROTOCOL["record.notify"] = "vqtrace"
+LAYER_PROTOCOL["record.avail"] = "vqtrace"
+LAYER_PROTOCOL["record.used"] = "vqtrace"
+LAYER_PROTOCOL["record.config"] = "vqtrace"
+LAYER_PROTOCOL["record.anomaly"] = "vqtrace"
+LAYER_PROTOCOL["record.data"] = "vqtrace"
+LAYER_PROTOCOL["virtqueue.desc"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.indirect"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.avail"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.used"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.used_elem"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.packed_desc"] = "virtqueue"
+LAYER_PROTOCOL["virtqueue.packed_event"] = "virtqueue"
+LAYER_PROTOCOL["vhost_user.msg"] = "vhost_user"
+LAYER_PROTOCOL["vhost_user.inflight_split"] = "vhost_user"
+LAYER_PROTOCOL["vhost_user.inflight_packed"] = "vhost_user"
+LAYER_PROTOCOL["virtio_pci.cap"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.cap64"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.notify_cap"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.cfg_cap"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.vndr_data"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.common_cfg"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.isr"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_pci.legacy"] = "virtio_pci"
+LAYER_PROTOCOL["virtio_mmio.regs"] = "virtio_mmio"
+LAYER_PROTOCOL["virtio_mmio.regs_legacy"] = "virtio_mmio"
+LAYER_PROTOCOL["virtio_net.hdr"] = "virtio_net"
+LAYER_PROTOCOL["virtio_net.ctrl"] = "virtio_net"
+LAYER_PROTOCOL["virtio_net.ctrl_ack"] = "virtio_net"
+LAYER_PROTOCOL["virtio_net.config"] = "virtio_net"
+LAYER_PROTOCOL["virtio_blk.req"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.dwz_seg"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.status"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.get_id"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.lifetime"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.zone_report"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_blk.config"] = "virtio_blk"
+LAYER_PROTOCOL["virtio_console.data"] = "virtio_console"
+LAYER_PROTOCOL["virtio_console.ctrl"] = "virtio_console"
+LAYER_PROTOCOL["virtio_console.config"] = "virtio_console"
+LAYER_PROTOCOL["virtio_balloon.pfns"] = "virtio_balloon"
+LAYER_PROTOCOL["virtio_balloon.stats"] = "virtio_balloon"
+LAYER_PROTOCOL["virtio_balloon.free_page_hint"] = "virtio_balloon"
+LAYER_PROTOCOL["virtio_balloon.config"] = "virtio_balloon"
+LAYER_PROTOCOL["virtio_scsi.cmd_req"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.cmd_resp"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.ctrl_tmf"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.ctrl_tmf_resp"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.ctrl_an"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.ctrl_an_resp"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.event"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.config"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.cdb"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.sense"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.inquiry"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.read_capacity10"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.read_capacity16"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_scsi.report_luns"] = "virtio_scsi"
+LAYER_PROTOCOL["virtio_vsock.hdr"] = "virtio_vsock"
+LAYER_PROTOCOL["virtio_vsock.event"] = "virtio_vsock"
+LAYER_PROTOCOL["virtio_vsock.config"] = "virtio_vsock"
+LAYER_PROTOCOL["virtio_vsock.vsockmon"] = "virtio_vsock"
+LAYER_PROTOCOL["virtio_rng.data"] = "virtio_rng"
 
 -- ---------------------------------------------------------------------------------------------
 -- The record plan (mirrors vqtrace/trace/dissect.py and vqtrace/trace/plan.py)
@@ -3193,6 +3259,11 @@ local function layer(name, tvb, pinfo, tree, off, len, ps, quiet)
     local node = LAYERS[name]
     local items, err = dissect_layer(node, tvb, off, len, ps or new_params(), name)
     if items ~= nil then
+        if node.proto == nil then
+            -- a layer whose root is a subtree of its protocol (virtio_blk.status): under the protocol's
+            -- item, so a filter naming the protocol finds it, as vqtrace's does
+            tree = tree:add(PROTO[LAYER_PROTOCOL[name]], tvb(off, len))
+        end
         emit(tree, tvb, off, items)
         return items
     end

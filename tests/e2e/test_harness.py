@@ -82,7 +82,7 @@ def test_qmp_errors_and_console_timeout(guest_kernel, procs, tmp_path: Path):
         vm.qmp.wait_event("SHUTDOWN", 0.3)
     vm.qmp.execute("quit")
     assert vm.wait_exit(10) == 0
-    with pytest.raises(HarnessError, match="QEMU closed the connection|Broken pipe|QMP"):
+    with pytest.raises(HarnessError, match=r"QEMU closed the connection|Broken pipe|QMP"):
         vm.qmp.execute("query-status")
 
 
@@ -110,7 +110,8 @@ def test_initramfs_is_a_valid_newc_archive(guest_kernel, tmp_path: Path):
     cpio = require_tool("cpio")
     path = build_initramfs(guest_kernel, ["virtio_blk"], "echo hi\n", tmp_path / "initrd.cpio",
                            files={"etc/motd": b"hello\n"})
-    listing = subprocess.run([cpio, "-itv"], stdin=open(path, "rb"), capture_output=True, text=True, timeout=30)
+    with open(path, "rb") as archive:
+        listing = subprocess.run([cpio, "-itv"], stdin=archive, capture_output=True, text=True, timeout=30)
     assert listing.returncode == 0, listing.stderr
     names = {line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.stdout.splitlines()}
     assert {"init", "workload.sh", "bin/busybox", "bin/sh", "dev/console", "etc/motd"} <= names

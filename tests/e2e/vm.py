@@ -119,8 +119,10 @@ class QemuVM:
     def _failure(self, what: str) -> HarnessError:
         assert self.process is not None
         console_tail = "\n".join(self.console().splitlines()[-25:])
+        others = "".join(f"--- {p.name} log ---\n{p.log_text(1500)}\n" for p in self.procs.started
+                         if p is not self.process)
         return HarnessError(f"{self.name}: {what}\n--- console tail ---\n{console_tail}\n"
-                            f"--- qemu log ---\n{self.process.log_text(2000)}")
+                            f"--- qemu log ---\n{self.process.log_text(2000)}\n{others}")
 
     def wait_console(self, pattern: str, timeout: float) -> re.Match[str]:
         """The first match of ``pattern`` on the serial console; HarnessError on timeout or exit."""

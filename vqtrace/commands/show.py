@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
 def show(path: str, *, flt: Any = None, verbose: bool = False, hexdump_: bool = False, count: int | None = None,
          fmt: str = "text", out: IO[str] | None = None) -> int:
     """Print the frames of ``path``; raise TraceFileError (one line) for the first problem found."""
-    from ..trace.dissect import KIND_NAMES, Dissector, RecordError
     from ..trace.display import FrameFields
+    from ..trace.dissect import KIND_NAMES, Dissector, RecordError
     from ..trace.reader import TraceReader
 
     out = out or sys.stdout
@@ -91,8 +91,8 @@ def show(path: str, *, flt: Any = None, verbose: bool = False, hexdump_: bool = 
                 kind = "?"
             if fmt == "text":
                 queue = _queue(data) if vqtrace_record else None
-                write(f"{frame.number:>6} {rel:>12.9f} {frame.source:<16} {'q' + str(queue) if queue is not None else '-':>4} "
-                      f"{protocol:<14} {info}\n")
+                column = f"q{queue}" if queue is not None else "-"
+                write(f"{frame.number:>6} {rel:>12.9f} {frame.source:<16} {column:>4} {protocol:<14} {info}\n")
                 if verbose and vqtrace_record:
                     from ..dissectors.tree import render_text
 

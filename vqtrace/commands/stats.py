@@ -118,7 +118,7 @@ def collect(path: str) -> dict[str, Any]:
                 elif kind == 3:
                     stats.calls += 1
                 elif kind == 4:
-                    cid, _idx, cflags, _n, rlen, _wlen = chain_struct.unpack_from(data, hdr_len)
+                    cid, _idx, _flags, _n, rlen, _wlen = chain_struct.unpack_from(data, hdr_len)
                     stats.avail += 1
                     stats.bytes_to_device += rlen
                     stats.pending[cid] = frame.time_ns

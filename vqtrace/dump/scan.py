@@ -68,8 +68,10 @@ _PACKED_BAD16 = np.uint16(~PACKED_FLAG_BITS & 0xFFFF)
 _AU16 = np.uint16(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)
 _PACKED_AU = (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) << 48
 
-SPLIT_SIZES = tuple(1 << k for k in range(1, 16))  # 2.7: a power of 2, at most 32768
-PACKED_SIZES = SPLIT_SIZES  # 2.8 allows any size up to 32768; Linux and QEMU use powers of 2
+# 2.7: a power of 2, at most 32768 (2.8: any size up to 32768). Linux takes the device's queue size and QEMU's
+# devices offer 8 (rng) to 1024; smaller rings hold too little to tell from noise, so they are not looked for.
+SPLIT_SIZES = tuple(1 << k for k in range(2, 16))
+PACKED_SIZES = tuple(1 << k for k in range(3, 16))
 VRING_ALIGNS = (64, 4096)  # vring_init's used-ring alignment: SMP_CACHE_BYTES (modern PCI), 4096 (legacy)
 MAX_PLAUSIBLE_LEN = 1 << 26  # a buffer longer than 64 MiB is not a Linux virtio buffer
 DEFAULT_MIN_SCORE = 0.6
@@ -175,12 +177,35 @@ def second_pass(chunk: memoryview, pages: np.ndarray, addr_limit: int) -> list[t
     au = (rest & np.uint64(_PACKED_AU)) != 0
     col = np.arange(DESCS_PER_PAGE)
     au_seen = (au & (col[None, :] < packed_prefix[:, None])).any(axis=1)
+    split_viable = _split_sizes_viable(chunk, pages, split_prefix)
     keep = []
     for i, page in enumerate(pages.tolist()):
         sp, pp = int(split_prefix[i]), int(packed_prefix[i])
-        if sp >= 2 or (pp >= 1 and au_seen[i]):
+        if not split_viable[i]:
+            sp = 0
+        if sp >= SPLIT_SIZES[0] or (pp >= 1 and au_seen[i]):
             keep.append((page, sp, pp, bool(au_seen[i])))
     return keep
+
+
+def _split_sizes_viable(chunk: memoryview, pages: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Per page: whether some split size can fit, judging by where the available ring's flags would be.
+
+    Size N <= 128: the avail ring starts in the same page at byte 16N; N >= 256: it starts the page N/256
+    pages further (unknown, so viable, past the chunk). Its flags must be 0 or 1 (2.7.6).
+    """
+    halves = np.frombuffer(chunk, dtype="<u2").reshape(-1, PAGE // 2)
+    rows = halves[pages]
+    viable = np.zeros(len(pages), dtype=bool)
+    for size in SPLIT_SIZES:
+        if size <= DESCS_PER_PAGE // 2:
+            viable |= (prefix >= size) & (rows[:, 8 * size] <= 1)
+        else:
+            ahead = pages + size // DESCS_PER_PAGE
+            inside = ahead < len(halves)
+            flags = np.where(inside, halves[np.minimum(ahead, len(halves) - 1), 0], 0)
+            viable |= (prefix >= DESCS_PER_PAGE) & (flags <= 1)
+    return viable
 
 
 # -- pass 3: scoring ---------------------------------------------------------------------------
@@ -217,24 +242,31 @@ def _written(ring_nonzero: np.ndarray, idx: int, size: int) -> int:
     return size
 
 
-def score_split(memory: GuestMemory, ram: _Ram, desc_addr: int, size: int, align: int) -> Candidate | None:
+INACTIVE_MAX = 0.47  # the best score a split ring with both indices at zero can reach (penalty 0.6)
+
+
+def score_split(memory: GuestMemory, ram: _Ram, desc_addr: int, size: int, align: int,
+                floor: float = 0.0) -> Candidate | None:
     """Score a split ring of ``size`` at ``desc_addr`` laid out with ``vring_align`` ``align``; None if impossible."""
+    avail = desc_addr + 16 * size
+    used = -(-(avail + 6 + 2 * size) // align) * align
+    # The cheap tests first: the two ring headers (2.7.6 / 2.7.8: only bit 0 of flags is defined).
+    avail_raw = _view(memory, avail, 6 + 2 * size)
+    if avail_raw is None or avail_raw[1] or avail_raw[0] > 1:
+        return None
+    used_raw = _view(memory, used, 6 + 8 * size)
+    if used_raw is None or used_raw[1] or used_raw[0] > 1:
+        return None
     raw = _view(memory, desc_addr, 16 * size)
     if raw is None:
         return None
     table = np.frombuffer(raw, dtype=DESC_DTYPE)
     if (table["flags"] & _SPLIT_BAD16).any():
         return None
-    avail = desc_addr + 16 * size
-    used = -(-(avail + 6 + 2 * size) // align) * align
-    avail_raw = _view(memory, avail, 6 + 2 * size)
-    used_raw = _view(memory, used, 6 + 8 * size)
-    if avail_raw is None or used_raw is None:
-        return None
     avail_flags, avail_idx = _U16X2.unpack_from(avail_raw, 0)
     used_flags, used_idx = _U16X2.unpack_from(used_raw, 0)
-    if avail_flags > 1 or used_flags > 1:  # 2.7.6 / 2.7.8: only bit 0 is defined
-        return None
+    if not (avail_idx or used_idx) and floor > INACTIVE_MAX:
+        return None  # could not reach the floor anyway
     nonzero = (table["addr"] != 0) | (table["len"] != 0)
     live = int(nonzero.sum())
     if live == 0:
@@ -467,10 +499,16 @@ def _best(candidates: list[Candidate]) -> Candidate | None:
 
 
 def evaluate_page(memory: GuestMemory, ram: _Ram, addr: int, split_prefix: int, packed_prefix: int,
-                  au_seen: bool, first_page: memoryview | None = None) -> Candidate | None:
-    """The best ring that can start at page ``addr``, or None."""
+                  au_seen: bool, first_page: memoryview | None = None,
+                  page_heads: Callable[[int], int | None] | None = None, floor: float = 0.0) -> Candidate | None:
+    """The best ring that can start at page ``addr``, or None.
+
+    ``page_heads(n)``, when given, is the first u16 of the page ``n`` pages further (None if not at hand):
+    for a table of 256 or more descriptors that is the available ring's flags, so most sizes are ruled out
+    without reading anything.
+    """
     options: list[Candidate | None] = []
-    if split_prefix >= 2:
+    if split_prefix >= SPLIT_SIZES[0]:
         for size in SPLIT_SIZES:
             if size <= DESCS_PER_PAGE // 2:
                 if size > split_prefix:
@@ -479,8 +517,14 @@ def evaluate_page(memory: GuestMemory, ram: _Ram, addr: int, split_prefix: int, 
                     continue  # the avail ring's flags would not be 0 or 1
             elif split_prefix < DESCS_PER_PAGE:
                 break
+            elif page_heads is not None:
+                head = page_heads(size // DESCS_PER_PAGE)
+                if head is not None and head > 1:
+                    continue
             for align in VRING_ALIGNS:
-                options.append(score_split(memory, ram, addr, size, align))
+                options.append(score_split(memory, ram, addr, size, align, floor))
+            if any(c is not None and c.score >= 0.999 for c in options):
+                break  # a larger size could only tie, and ties go to the smaller
     if au_seen and packed_prefix >= 1:
         packed: list[Candidate] = []
         for size in PACKED_SIZES:
@@ -516,10 +560,15 @@ def scan(snapshot: Snapshot, *, min_score: float = DEFAULT_MIN_SCORE, progress: 
     with Progress("scanning", total, enabled=progress if progress is not None else None) as bar:
         for base, chunk in iter_chunks(snapshot, ranges):
             survivors = first_pass(chunk, ram.limit)
+            heads = np.frombuffer(chunk, dtype="<u2").reshape(-1, PAGE // 2)[:, 0]
             for page, split_prefix, packed_prefix, au_seen in second_pass(chunk, survivors, ram.limit):
                 at = page * PAGE
+
+                def page_heads(ahead: int, page: int = page, heads: np.ndarray = heads) -> int | None:
+                    return int(heads[page + ahead]) if page + ahead < len(heads) else None
+
                 candidate = evaluate_page(memory, ram, base + at, split_prefix, packed_prefix, au_seen,
-                                          chunk[at:at + PAGE])
+                                          chunk[at:at + PAGE], page_heads, min_score)
                 if candidate is not None and candidate.score >= min_score:
                     found.append(candidate)
                     if on_candidate is not None:

@@ -74,10 +74,12 @@ def _in_bounds(addr: np.ndarray, length: np.ndarray, lo: int, hi: int) -> np.nda
 class _IndirectRows:
     """Lazy descriptors of one INDIRECT descriptor and its table: ``entries[start:end]``."""
 
-    __slots__ = ("end", "entries", "head", "head_row", "start")
+    __slots__ = ("end", "entries", "head", "head_row", "packed", "start")
 
-    def __init__(self, head: int, head_row: tuple, entries: np.ndarray, start: int, end: int) -> None:
+    def __init__(self, head: int, head_row: tuple, entries: np.ndarray, start: int, end: int,
+                 packed: bool = False) -> None:
         self.head, self.head_row, self.entries, self.start, self.end = head, head_row, entries, start, end
+        self.packed = packed
 
     ring_len = 1
 
@@ -86,11 +88,12 @@ class _IndirectRows:
         return [self.head]
 
     def materialize(self) -> list[Descriptor]:
-        r = self.head_row
+        r, entries = self.head_row, self.entries[self.start:self.end].tolist()
+        if self.packed:  # rows are (addr, len, id, flags)
+            out = [_new_desc(Descriptor, (r[0], r[1], r[3], self.head, 0, r[2], False))]
+            return out + [_new_desc(Descriptor, (e[0], e[1], e[3], j, 0, e[2], True)) for j, e in enumerate(entries)]
         out = [_new_desc(Descriptor, (r[0], r[1], r[2], self.head, r[3], 0, False))]
-        out += [_new_desc(Descriptor, (e[0], e[1], e[2], j, e[3], 0, True))
-                for j, e in enumerate(self.entries[self.start:self.end].tolist())]
-        return out
+        return out + [_new_desc(Descriptor, (e[0], e[1], e[2], j, e[3], 0, True)) for j, e in enumerate(entries)]
 
 
 def _flat(memory: GuestMemory, lo: int) -> memoryview | None:
@@ -257,7 +260,14 @@ def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap:
     positions = order[:stop]
     length = rows["len"][positions]
     write = (flags & VIRTQ_DESC_F_WRITE) != 0
-    bad = ((flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(rows["addr"][positions], length, lo, hi)
+    indirect = _packed_indirect(config, memory, rows, positions, flags, starts, ends, lo, hi)
+    is_table = (flags & VIRTQ_DESC_F_INDIRECT) != 0
+    if indirect:
+        is_table = is_table.copy()
+        is_table[[starts[k] for k in indirect]] = False  # checked with their tables below
+        write = write.copy()
+        write[[starts[k] for k in indirect]] = False  # 2.8.7: WRITE is reserved on the table's descriptor
+    bad = is_table | ~_in_bounds(rows["addr"][positions], length, lo, hi)
     # readable after writable inside a list: a write seen earlier in the same list
     seg = np.zeros(stop, dtype=np.int64)
     seg[[e + 1 for e in ends[:-1]]] = 1
@@ -280,7 +290,62 @@ def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap:
             break
         first = pos_list[start]
         chain_wrap = (not wrap) if lap_list[start] else wrap
+        found = indirect.get(k)
+        if found is not None:
+            source, r_len, w_len = found
+            if source is None:
+                break
+            chains.append(lazy(queue, ids[k], first, source, r_len, w_len, wrap=chain_wrap))
+            continue
         chains.append(lazy(queue, ids[k], first, _TableRows(rows, pos_list[start:end + 1], True), r_sum[k],
                            w_sum[k], wrap=chain_wrap))
     return chains
+
+
+def _packed_indirect(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, positions: np.ndarray,
+                     flags: np.ndarray, starts: list[int], ends: list[int], lo: int, hi: int
+                     ) -> dict[int, tuple[_IndirectRows | None, int, int]]:
+    """Lists that are one INDIRECT descriptor, their tables checked together (2.8.7: entries one after
+    another, only WRITE valid): {list number: (source, readable, writable)}; source None: walk carefully."""
+    candidates = [k for k, (start, end) in enumerate(zip(starts, ends, strict=True))
+                  if start == end and flags[start] & VIRTQ_DESC_F_INDIRECT]
+    if not candidates or not config.indirect:
+        return {k: (None, 0, 0) for k in candidates}
+    size = config.size
+    slots = positions[[starts[k] for k in candidates]]
+    picked = rows[slots]
+    addr, length, ids, f = (picked[name].tolist() for name in ("addr", "len", "id", "flags"))
+    flat = _flat(memory, lo)
+    out: dict[int, tuple[_IndirectRows | None, int, int]] = {}
+    chosen, views = [], []
+    for n, k in enumerate(candidates):
+        a, ln = addr[n], length[n]
+        if f[n] & VIRTQ_DESC_F_NEXT or not ln or ln & 15 or ln >> 4 > size or not (lo <= a and a + ln <= hi):
+            out[k] = (None, 0, 0)
+            continue
+        chosen.append((k, n))
+        views.append(flat[a - lo:a - lo + ln] if flat is not None else memory.view(a, ln))
+    if not chosen:
+        return out
+    entries = np.frombuffer(b"".join(views), dtype=PACKED_DTYPE)
+    counts = [len(v) >> 4 for v in views]
+    seg_starts = np.cumsum([0, *counts[:-1]]).tolist()
+    seg = np.repeat(np.arange(len(counts)), counts)
+    e_flags = entries["flags"]
+    write = (e_flags & VIRTQ_DESC_F_WRITE) != 0
+    bad = ((e_flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(entries["addr"], entries["len"], lo, hi)
+    bad[1:] |= write[:-1] & ~write[1:] & (seg[1:] == seg[:-1])  # readable after writable
+    length64 = entries["len"].astype(np.uint64)
+    readable = np.add.reduceat(np.where(write, 0, length64), seg_starts).tolist()
+    writable = np.add.reduceat(np.where(write, length64, 0), seg_starts).tolist()
+    flagged = np.logical_or.reduceat(bad, seg_starts).tolist()
+    slot_list = slots.tolist()
+    for m, (k, n) in enumerate(chosen):
+        if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
+            out[k] = (None, 0, 0)
+            continue
+        head_row = (addr[n], length[n], ids[n], f[n])
+        out[k] = (_IndirectRows(slot_list[n], head_row, entries, seg_starts[m], seg_starts[m] + counts[m], True),
+                  readable[m], writable[m])
+    return out
 

@@ -39,7 +39,7 @@ def catalog() -> FieldCatalog:
 class FrameFields:
     """The fields of one frame (see the module docstring)."""
 
-    __slots__ = ("frame", "pairs", "source", "time_ns", "time_rel", "length")
+    __slots__ = ("frame", "length", "pairs", "source", "time_ns", "time_rel")
 
     def __init__(self, frame: int, source: str, time_ns: int, time_rel: float, length: int, pairs: Pairs) -> None:
         self.frame = frame

@@ -133,10 +133,10 @@ class Dissector:
         kind = rec.kind
         if kind in (AVAIL, USED):
             if kind == USED:
-                uid, ulen, uidx = struct.unpack_from("<IIH", data, at)
+                _uid, ulen, _uidx = struct.unpack_from("<IIH", data, at)
                 rec.body["used_len"] = ulen
                 at += layout.USED_STRUCT.size
-            cid, avail_idx, cflags, ndesc, _rl, _wl = layout.CHAIN_STRUCT.unpack_from(data, at)
+            _cid, _avail_idx, cflags, ndesc, _rl, _wl = layout.CHAIN_STRUCT.unpack_from(data, at)
             at += layout.CHAIN_STRUCT.size
             readable_lens: list[int] = []
             writable_lens: list[int] = []

@@ -122,7 +122,7 @@ def check_header(data: bytes | memoryview, offset: int, endian: str, size: int) 
     """Why the block at ``offset`` is not sound (None when it is)."""
     if offset + 12 > size:
         return f"truncated block: {size - offset} bytes left, a block needs at least 12"
-    block_type, length = struct.unpack_from(endian + "II", data, offset)
+    (length,) = struct.unpack_from(endian + "I", data, offset + 4)
     if length < 12 or length % 4:
         return f"bad block length {length}"
     if length > MAX_BLOCK:
@@ -141,9 +141,9 @@ def _resync(data: bytes | memoryview, start: int, endian: str, size: int) -> int
     pos = start + 4
     while pos + 12 <= size:
         (block_type,) = fmt.unpack_from(data, pos)
-        if block_type in KNOWN_TYPES and check_header(data, pos, endian, size) is None:
-            if block_type != SHB_TYPE or fmt.unpack_from(data, pos + 8)[0] == BYTE_ORDER_MAGIC:
-                return pos
+        if block_type in KNOWN_TYPES and check_header(data, pos, endian, size) is None and (
+                block_type != SHB_TYPE or fmt.unpack_from(data, pos + 8)[0] == BYTE_ORDER_MAGIC):
+            return pos
         pos += 4
     return None
 

@@ -10,6 +10,7 @@ Wireshark numbers them.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -271,10 +272,8 @@ class TraceReader:
     def close(self) -> None:
         self._data.release()
         if isinstance(self._map, mmap.mmap):
-            try:
+            with contextlib.suppress(BufferError):  # a view still held: the map goes with it
                 self._map.close()
-            except BufferError:  # a Frame still holds a view: the map goes with it
-                pass
 
     def __enter__(self) -> TraceReader:
         return self

@@ -32,31 +32,39 @@ _TUPLE_ORDER = getattr(Descriptor, "_fields", None) == ("addr", "len", "flags", 
 VHOST_USER, KICK, CALL, AVAIL, USED, CONFIG, ANOMALY, DATA = (int(k) for k in EventKind)
 
 
+_FLAG_QUEUE, _FLAG_PACKED, _FLAG_XEN_MMAP, _FLAG_TRUNCATED = (layout.FLAG_QUEUE, layout.FLAG_PACKED,
+                                                            layout.FLAG_XEN_MMAP, layout.FLAG_TRUNCATED)
+_VERSION, _NO_QUEUE, _CHAIN_WRAP, _CHAIN_UNKNOWN = (layout.RECORD_VERSION, layout.NO_QUEUE, layout.CHAIN_WRAP,
+                                                    layout.CHAIN_UNKNOWN)
+_EMPTY_SIZE = struct.pack("<I", 0)
+
+
 def encode(event: Event, snaplen: int = 0) -> bytes:
     """The record of ``event``; ``snaplen`` (0: no limit) caps each byte area it carries."""
     kind = event.kind
     queue = event.queue
     params = event.params
-    flags = 0 if queue is None else layout.FLAG_QUEUE
+    flags = 0 if queue is None else _FLAG_QUEUE
     if event.packed:
-        flags |= layout.FLAG_PACKED
+        flags |= _FLAG_PACKED
     if event.truncated:
-        flags |= layout.FLAG_TRUNCATED
+        flags |= _FLAG_TRUNCATED
     cdb_size = sense_size = 0
     num_queues = None
     if params:
         if params.get("xen_mmap"):
-            flags |= layout.FLAG_XEN_MMAP
+            flags |= _FLAG_XEN_MMAP
         cdb_size = params.get("cdb_size", 0)
         sense_size = params.get("sense_size", 0)
         num_queues = params.get("num_queues")
     role = event.role
     if role is None:
         role = queue_role(event.device_type, queue, event.features, num_queues)
-    if kind == AVAIL or kind == USED:  # noqa: PLR1714 (faster than a tuple test)
+    if kind in (AVAIL, USED):
         body, cut = _chain_body(event, kind, snaplen)
-    elif kind == KICK or kind == CALL:  # noqa: PLR1714
-        body, cut = (event.data[:8] if len(event.data) >= 8 else b""), False
+    elif kind in (KICK, CALL):
+        data = event.data
+        body, cut = (data[:8] if len(data) >= 8 else b""), False
     else:
         data = event.data
         cut = bool(snaplen) and len(data) > snaplen
@@ -73,17 +81,42 @@ def encode(event: Event, snaplen: int = 0) -> bytes:
         else:
             raise ValueError(f"unknown event kind {kind}")
     if cut:
-        flags |= layout.FLAG_TRUNCATED
+        flags |= _FLAG_TRUNCATED
     features = event.features
-    return _HEADER.pack(layout.RECORD_VERSION, kind, event.direction, flags, HEADER_SIZE,
-                        layout.NO_QUEUE if queue is None else queue & 0xFFFF, event.device_type & 0xFFFF,
-                        role & 0xFF, event.channel & 0xFF, min(event.fds, 255), features & _M64,
-                        (features >> 64) & _M64, cdb_size & 0xFFFF, sense_size & 0xFFFF) + body
+    if features >> 64:
+        lo, hi = features & _M64, (features >> 64) & _M64
+    else:
+        lo, hi = features, 0
+    return _HEADER.pack(_VERSION, kind, event.direction, flags, HEADER_SIZE,
+                        _NO_QUEUE if queue is None else queue & 0xFFFF, event.device_type & 0xFFFF,
+                        role & 0xFF, event.channel & 0xFF, min(event.fds, 255), lo, hi, cdb_size & 0xFFFF,
+                        sense_size & 0xFFFF) + body
 
 
 def _pack_desc(d: Descriptor) -> bytes:
     return _DESC.pack(d.addr & _M64, d.len & 0xFFFFFFFF, d.flags & 0xFFFF, d.index & 0xFFFF, d.next & 0xFFFF,
                       d.id & 0xFFFF, 1 if d.in_indirect else 0)
+
+
+#: The last chain encoded and its bytes: a chain is written twice (AVAIL, then USED), the same object.
+_last_chain: list = [None, b""]
+
+
+def _chain_bytes(chain: Chain) -> bytes:
+    if _last_chain[0] is chain:
+        return _last_chain[1]
+    items = chain.descriptors
+    head = _CHAIN.pack(chain.id & 0xFFFF, chain.avail_idx & 0xFFFF, _CHAIN_WRAP if chain.wrap else 0,
+                       len(items) & 0xFFFF, chain.readable_len & 0xFFFFFFFF, chain.writable_len & 0xFFFFFFFF)
+    try:
+        if not _TUPLE_ORDER:
+            raise TypeError
+        descs = b"".join([_DESC.pack(*d) for d in items])  # the NamedTuple's fields are the record's order
+    except (struct.error, TypeError):
+        descs = b"".join([_pack_desc(d) for d in items])
+    out = head + descs
+    _last_chain[0], _last_chain[1] = chain, out
+    return out
 
 
 def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
@@ -97,30 +130,21 @@ def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
         if len(written) > snaplen:
             tail = written[-layout.TAIL_SIZE:]
             written, cut = written[:snaplen], True
+    chain = event.chain
+    if chain is None:
+        used_id = event.used.id if event.used is not None else 0
+        chain_part = _CHAIN.pack(used_id & 0xFFFF, 0, _CHAIN_UNKNOWN, 0, 0, 0)
+    else:
+        chain_part = _chain_bytes(chain)
+    tail_part = _SIZE.pack(len(tail)) + tail if tail else _EMPTY_SIZE
     if kind == USED:
         used = event.used
         if used is None:
             raise ValueError("a USED event needs its used element")
         head = _USED.pack(used.id & 0xFFFFFFFF, used.len & 0xFFFFFFFF, used.used_idx & 0xFFFF)
-    else:
-        head = b""
-    chain = event.chain
-    if chain is None:
-        used_id = event.used.id if event.used is not None else 0
-        head += _CHAIN.pack(used_id & 0xFFFF, 0, layout.CHAIN_UNKNOWN, 0, 0, 0)
-        descs = b""
-    else:
-        items = chain.descriptors
-        head += _CHAIN.pack(chain.id & 0xFFFF, chain.avail_idx & 0xFFFF, layout.CHAIN_WRAP if chain.wrap else 0,
-                            len(items) & 0xFFFF, chain.readable_len & 0xFFFFFFFF, chain.writable_len & 0xFFFFFFFF)
-        try:
-            if not _TUPLE_ORDER:
-                raise TypeError
-            descs = b"".join([_DESC.pack(*d) for d in items])  # the NamedTuple's fields are the record's order
-        except (struct.error, TypeError):
-            descs = b"".join([_pack_desc(d) for d in items])
-    return b"".join((head, descs, _SIZE.pack(len(readable)), readable, _SIZE.pack(len(written)), written,
-                     _SIZE.pack(len(tail)), tail)), cut
+        return b"".join((head, chain_part, _SIZE.pack(len(readable)), readable, _SIZE.pack(len(written)), written,
+                         tail_part)), cut
+    return b"".join((chain_part, _SIZE.pack(len(readable)), readable, _EMPTY_SIZE, tail_part)), cut
 
 
 def _anomaly_body(anomaly: Anomaly | None) -> bytes:

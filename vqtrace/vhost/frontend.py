@@ -66,6 +66,7 @@ class Queue:
     err_fd: int
     calls: int = 0
     inband_calls: int = 0
+    notified: bool = False  # a used buffer notification came and the used ring was not read since
 
 
 @dataclass
@@ -218,6 +219,7 @@ class FrontEnd:
                 queue = self.queues.get(p.unpack_state(msg.payload).index)
                 if queue is not None:
                     queue.inband_calls += 1
+                    queue.notified = True
             if msg.request == p.BACKEND_CONFIG_CHANGE_MSG:
                 self.config = b""  # read it again when asked
             if self.session.reply_reason(msg) is not None:
@@ -333,9 +335,11 @@ class FrontEnd:
         self.request(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(index, 0, self.user_addr(config.desc),
                                                                 self.user_addr(config.device),
                                                                 self.user_addr(config.driver), config.device)))
-        self.request(p.SET_VRING_KICK, p.pack_vring_file(index), fds=[kick])
-        self.request(p.SET_VRING_CALL, p.pack_vring_file(index), fds=[call])
-        self.request(p.SET_VRING_ERR, p.pack_vring_file(index), fds=[err])
+        if not (inband and self.channel is not None):
+            self.request(p.SET_VRING_KICK, p.pack_vring_file(index), fds=[kick])
+            self.request(p.SET_VRING_CALL, p.pack_vring_file(index), fds=[call])
+            self.request(p.SET_VRING_ERR, p.pack_vring_file(index), fds=[err])
+        # else "VHOST_USER_VRING_KICK" starts the ring and BACKEND_VRING_CALL replaces the call fd
         if enable and self.features & p.F_PROTOCOL_FEATURES:
             self.request(p.SET_VRING_ENABLE, p.pack_state(index, 1))
         return queue
@@ -365,10 +369,9 @@ class FrontEnd:
         poller.register(self.sock, select.POLLIN)
         if self.channel is not None:
             poller.register(self.channel, select.POLLIN)
-        seen = queue.calls + queue.inband_calls
         while True:
-            if queue.calls + queue.inband_calls != seen:
-                seen = queue.calls + queue.inband_calls
+            if queue.notified:
+                queue.notified = False
                 used = drain_used(queue.driver)
                 if used:
                     return used
@@ -381,6 +384,7 @@ class FrontEnd:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(queue.call_fd)
                         queue.calls += 1
+                        queue.notified = True
                 elif self.channel is not None and fd == self.channel.fileno():
                     self.service_channel()
                 elif fd == self.sock.fileno():

@@ -46,7 +46,7 @@ log = logging.getLogger("vqtrace.vhost")
 _READS_PER_WAKEUP = 64
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: selectors keep the old data of an "equal" Watch
 class _Notifier:
     fd: int
     kind: Notify

@@ -123,6 +123,7 @@ class ProxyEngine:
         self.ended = False
         self.messages = 0
         self.notifications = 0
+        self._now = 0
 
     # -- the one entry point --------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class ProxyEngine:
 
     def _received(self, event: DataReceived, out: list[Command]) -> None:
         framer = self.framers[event.peer]
+        self._now = event.time_ns
         if event.truncated:
             for fd in event.fds:
                 self.resources.close(fd)
@@ -337,12 +339,37 @@ class ProxyEngine:
         else:
             heads = vu.inflight_split_resubmit(parsed, used_idx)
         self.inflight_reports.append(InflightReport(index, layout, heads, parsed.version))
+        size = (vu.INFLIGHT_PACKED_HDR_SIZE + vu.INFLIGHT_PACKED_DESC_SIZE * inflight.queue_size
+                if layout is Layout.PACKED else
+                vu.INFLIGHT_SPLIT_HDR_SIZE + vu.INFLIGHT_SPLIT_DESC_SIZE * inflight.queue_size)
+        out.append(Record(Event(EventKind.DATA, self._now, self.source, queue=index, data=region[:size],
+                                device_type=self.device_type, features=self.session.features,
+                                packed=layout is Layout.PACKED, layer=name,
+                                params={"queue_size": inflight.queue_size})))
         if heads:
-            shown = ", ".join(str(h) for h in heads[:16]) + (", ..." if len(heads) > 16 else "")
+            shown = ", ".join(self._describe_head(config, head) for head in heads[:8])
+            more = f", and {len(heads) - 8} more" if len(heads) > 8 else ""
             out.append(Log(logging.INFO, f"vring {index}: the inflight buffer says the back-end must resubmit "
-                                         f"{len(heads)} request{'s' if len(heads) != 1 else ''} (heads {shown})"))
+                                         f"{len(heads)} request{'s' if len(heads) != 1 else ''}: {shown}{more}"))
         else:
             out.append(Log(logging.INFO, f"vring {index}: the inflight buffer holds no request to resubmit"))
+
+    def _describe_head(self, config: QueueConfig | None, head: int) -> str:
+        """``head 3 (blk OUT sector=8 len=512)``: a split chain read from the descriptor table."""
+        if config is None or config.layout is Layout.PACKED:
+            return f"head {head}"
+        try:
+            from ..requests import QueueContext, decode_request
+            from ..rings.chain import walk_split_chain
+
+            chain = walk_split_chain(config, self.memory, head)
+            data = b"".join(self.memory.view(d.addr, min(d.len, 4096)) for d in chain.readable)
+            request = decode_request(QueueContext(self.device_type, queue=config.index, features=config.features),
+                                     data, None, None, readable_lens=[d.len for d in chain.readable],
+                                     writable_lens=[d.len for d in chain.writable], lazy=True)
+            return f"head {head} ({request.summary})"
+        except Exception:  # the summary is a courtesy: the heads are the answer
+            return f"head {head}"
 
     # -- notifications --------------------------------------------------------------------
 
