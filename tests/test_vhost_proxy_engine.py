@@ -354,3 +354,42 @@ def test_reconnect_with_an_inflight_buffer_names_the_requests_to_resubmit(engine
     assert data[0].params == {"queue_size": qsize} and len(data[0].data) == 16 + 16 * qsize
     assert engine.inflight_reports[0].heads == [heads[1], heads[0]]
     guest.close()
+
+
+def test_follow_up_looks_find_completions_that_bring_no_call():
+    """A driver that polls (SeaBIOS sets NO_INTERRUPT) gets no call: while chains are in flight the
+    proxy asks for a follow-up Tick and records the used chains then, backing off while idle."""
+    from vqtrace.driver import GuestDriver
+    from vqtrace.rings.device import DeviceQueue
+    from vqtrace.vhost.engine import Tick, WakeAfter
+    from vqtrace.vhost.tap import tracker_tap
+
+    engine = ProxyEngine(tap_factory=tracker_tap, device_type=2)
+    user = 0x7E00_0000_0000
+    guest = GuestDriver.in_memfd(1 << 20, 0, user_addr=user)
+    queue = guest.queue(0, 8, features=1 << 32)
+    c = queue.config
+    kick = os.eventfd(0, os.EFD_CLOEXEC)
+    setup = [
+        Message.make(p.SET_FEATURES, p.pack_u64(1 << 32)),
+        Message.make(p.SET_MEM_TABLE, p.pack_memory([p.MemoryRegion(0, 1 << 20, user, 0)]), fds=[os.dup(guest.fd)]),
+        Message.make(p.SET_VRING_NUM, p.pack_state(0, 8)),
+        Message.make(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(0, 0, user + c.desc, user + c.device,
+                                                               user + c.driver, c.device))),
+        Message.make(p.SET_VRING_KICK, p.pack_vring_file(0), fds=[kick]),
+    ]
+    for msg in setup:
+        engine.handle(rx(F, msg))
+    queue.add([struct.pack("<IIQ", 0, 0, 5)], [512, 1])
+    commands = engine.handle(Notified(Notify.KICK, 0, 10))
+    assert WakeAfter(0.002) in commands
+    assert [c.event.kind for c in commands if isinstance(c, Record)] == [EventKind.KICK, EventKind.AVAIL]
+    assert engine.handle(Tick(20)) == [WakeAfter(0.004)]  # nothing yet: look again, later
+    device = DeviceQueue(c, guest.memory)
+    device.push(device.pop(), 513)  # used, and no call
+    commands = engine.handle(Tick(30))
+    used = [c.event for c in commands if isinstance(c, Record)]
+    assert [(e.kind, e.time_ns) for e in used] == [(EventKind.USED, 30)]
+    assert not [c for c in commands if isinstance(c, WakeAfter)]  # nothing in flight any more
+    engine.release()
+    guest.close()

@@ -1,8 +1,16 @@
 """vqtrace: a protocol analyser and trace debugger for virtio and vhost-user."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("vqtrace")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> str:
+    # The version is looked up on first use: importlib.metadata costs ~0.15 s at
+    # start-up, which every command (and `vqtrace --help`) would pay.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("vqtrace")
+        except PackageNotFoundError:  # a source tree that is not installed
+            return "0.0.0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import __version__
 from .errors import VqtraceError
 
 EXIT_OK = 0
@@ -44,6 +43,19 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
+class VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from . import __version__
+
+        sys.stdout.write(f"vqtrace {__version__}\n")
+        parser.exit()
+
+
 def _command_modules() -> list[ModuleType]:
     modules = []
     for name in COMMANDS:
@@ -61,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Protocol analyser and trace debugger for virtio and vhost-user.",
         epilog="Exit status: 0 success, 1 the analysis found a problem, 2 bad usage or bad input.",
     )
-    parser.add_argument("--version", action="version", version=f"vqtrace {__version__}")
+    parser.add_argument("--version", action=VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module in _command_modules():
         name = module.__name__.rsplit(".", 1)[1]

@@ -96,12 +96,22 @@ class TraceWriter:
         pad = -size % 4
         total = 32 + size + pad
         ts = event.time_ns
-        return (_EPB_HEAD.pack(pcapng.EPB_TYPE, total, iface, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF, size, size)
-                + record + _PAD[pad] + _TRAILER.pack(total))
+        return b"".join((_EPB_HEAD.pack(6, total, iface, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF, size, size),
+                         record, _PAD[pad], _TRAILER.pack(total)))
 
     def write(self, event: Event) -> None:
         """Write one event (one block, one system call)."""
-        self._emit(self.block(event))
+        block = self.block(event)
+        fd = self._fd
+        if fd is not None:
+            try:
+                done = os.write(fd, block)
+            except OSError as err:
+                raise TraceFileError(f"cannot write the trace: {err.strerror}", path=self.path) from None
+            if done != len(block):
+                self._emit(block[done:])
+        else:
+            self._emit(block)
         self.count += 1
 
     def write_many(self, events: Iterable[Event], batch: int = 4096) -> int:

@@ -174,13 +174,20 @@ class SessionEnded:
 
 
 @dataclass
+class WakeAfter:
+    """Feed a :class:`Tick` after ``seconds`` (unless one is due sooner): a role's follow-up look."""
+
+    seconds: float
+
+
+@dataclass
 class Signal:
     """Write 1 to eventfd ``fd`` (a back-end calling the driver, a front-end kicking)."""
 
     fd: int
 
 
-Command = Send | Watch | Unwatch | Attach | Close | Record | Log | SessionEnded | Signal
+Command = Send | Watch | Unwatch | Attach | Close | Record | Log | SessionEnded | Signal | WakeAfter
 Input = DataReceived | PeerClosed | Notified | Tick | Stop
 
 

@@ -38,6 +38,7 @@ from .engine import (
     Stop,
     Tick,
     Unwatch,
+    WakeAfter,
     Watch,
 )
 
@@ -106,6 +107,7 @@ class Loop:
         self.events_recorded = 0
         self._queue: deque[object] = deque()
         self._feeding = False
+        self._wake_at: float | None = None  # a role's follow-up Tick (WakeAfter), monotonic seconds
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -137,6 +139,9 @@ class Loop:
             now = time.monotonic()
             if next_tick is not None:
                 wait = max(0.0, next_tick - now)
+            if self._wake_at is not None:
+                left = max(0.0, self._wake_at - now)
+                wait = left if wait is None else min(wait, left)
             if deadline is not None:
                 left = deadline - now
                 if left <= 0:
@@ -177,6 +182,10 @@ class Loop:
                     self._read(entry)
             if next_tick is not None and time.monotonic() >= next_tick and self.ended is None:
                 next_tick = time.monotonic() + self.poll_s
+                self._wake_at = None
+                self._feed(Tick(time.time_ns()))
+            elif self._wake_at is not None and time.monotonic() >= self._wake_at and self.ended is None:
+                self._wake_at = None
                 self._feed(Tick(time.time_ns()))
             if self._records:
                 self.flush()
@@ -272,6 +281,10 @@ class Loop:
             self.attach(command.peer, socket.socket(fileno=command.fd))
         elif kind is Close:
             self._detach(command.peer)
+        elif kind is WakeAfter:
+            at = time.monotonic() + command.seconds
+            if self._wake_at is None or at < self._wake_at:
+                self._wake_at = at
         elif kind is SessionEnded:
             self.ended = command
         else:  # pragma: no cover - a role bug

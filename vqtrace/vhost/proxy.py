@@ -54,6 +54,7 @@ from .engine import (
     Stop,
     Tick,
     Unwatch,
+    WakeAfter,
     Watch,
 )
 from .memview import LiveMemory
@@ -70,6 +71,9 @@ class RingTap(Protocol):
 
 #: ``tap_factory(config, memory, base, source) -> RingTap``: a reader for one started queue.
 TapFactory = Callable[[QueueConfig, GuestMemory, int, str], RingTap]
+
+FOLLOW_UP_FIRST = 0.002  # seconds to the first follow-up look at rings with chains in flight
+FOLLOW_UP_LAST = 0.2  # ... and the longest wait between two looks
 
 _NOTIFY_REQUESTS = {p.SET_VRING_KICK: Notify.KICK, p.SET_VRING_CALL: Notify.CALL, p.SET_VRING_ERR: Notify.ERR}
 
@@ -119,6 +123,8 @@ class ProxyEngine:
         self.taps: dict[int, RingTap] = {}
         self.live_rings: set[int] = set()  # rings set up (SET_VRING_KICK) and not stopped
         self.broken_rings: set[int] = set()  # rings whose reader failed, until set up again
+        self._wake_pending = False
+        self._followup_delay = FOLLOW_UP_FIRST
         self.channel_open = False
         self.ended = False
         self.messages = 0
@@ -433,11 +439,33 @@ class ProxyEngine:
                 out.append(Signal(theirs))
 
     def _tick(self, time_ns: int, out: list[Command]) -> None:
-        # Sampling (--poll): every ring from its SET_VRING_KICK until GET_VRING_BASE stops it.
-        for index in sorted(self.live_rings):
-            self._poll_queue(index, time_ns, out)
+        if self.poll_mode:
+            # Sampling (--poll): every ring from its SET_VRING_KICK until GET_VRING_BASE stops it.
+            for index in sorted(self.live_rings):
+                self._poll_queue(index, time_ns, out)
+            return
+        # A follow-up look (see _follow_up): the rings with chains still in flight.
+        self._wake_pending = False
+        found = False
+        for index, tap in list(self.taps.items()):
+            if getattr(tap, "in_flight", 0):
+                before = len(out)
+                self._poll_queue(index, time_ns, out, follow_up=False)
+                found = found or len(out) > before
+        self._followup_delay = FOLLOW_UP_FIRST if found else min(self._followup_delay * 2, FOLLOW_UP_LAST)
+        self._follow_up(out)
 
-    def _poll_queue(self, index: int, time_ns: int, out: list[Command]) -> None:
+    def _follow_up(self, out: list[Command]) -> None:
+        """Look again later while chains are in flight: a driver that polls (SeaBIOS sets
+        VIRTQ_AVAIL_F_NO_INTERRUPT) or event suppression means the device's used buffers may
+        come with no call; the look backs off from 2 ms to 200 ms while nothing changes."""
+        if self._wake_pending or self.poll_mode:
+            return
+        if any(getattr(tap, "in_flight", 0) for tap in self.taps.values()):
+            self._wake_pending = True
+            out.append(WakeAfter(self._followup_delay))
+
+    def _poll_queue(self, index: int, time_ns: int, out: list[Command], *, follow_up: bool = True) -> None:
         tap = self._tap(index, out)
         if tap is None:
             return
@@ -452,6 +480,10 @@ class ProxyEngine:
             self.broken_rings.add(index)
             return
         out.extend(Record(event) for event in events)
+        if follow_up:
+            if events:
+                self._followup_delay = FOLLOW_UP_FIRST
+            self._follow_up(out)
 
     def _tap(self, index: int, out: list[Command]) -> RingTap | None:
         tap = self.taps.get(index)

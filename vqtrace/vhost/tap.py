@@ -66,6 +66,11 @@ class TrackerTap:
         data = b"".join(parts)
         return data, total > len(data)
 
+    @property
+    def in_flight(self) -> int:
+        """Chains made available and not used yet (as of the last poll)."""
+        return len(self.tracker.in_flight)
+
     def poll(self, time_ns: int) -> list[Event]:
         changes = self.tracker.poll()
         if changes.empty:
