@@ -36,13 +36,15 @@ def samples(tmp_path_factory):
 def test_net_frames_with_direction_and_header_comments(samples, tmp_path):
     out = tmp_path / "net.pcapng"
     proc = run_vqtrace("export", str(samples), "--net", str(out))
-    assert proc.returncode == 0 and b"3 Ethernet frames" in proc.stdout
+    assert proc.returncode == 0 and b"4 Ethernet frames" in proc.stdout
     frames = tshark_json(out)
-    assert [f["eth.type"] for f in frames] == [["0x0806"], ["0x0800"], ["0x0800"]]
+    assert [f["eth.type"] for f in frames] == [["0x0806"], ["0x0800"], ["0x0800"], ["0x0800"]]
     assert frames[0]["arp.src.proto_ipv4"] == ["10.0.0.2"]
     assert frames[2]["ip.src"] == ["10.0.0.1"] and frames[2]["udp.srcport"] == ["53"]
     flags = [int(f["frame.packet_flags_direction"][0], 0) for f in frames]
-    assert flags == [2, 2, 1]  # two sent (TX), one received (RX)
+    assert flags == [2, 2, 1, 1]  # two sent (TX), two received (RX)
+    assert frames[3]["udp.length"] == [str(8 + 120)]  # the packet of three merged receive buffers, joined
+    assert "num_buffers=3" in frames[3]["frame.comment"][1]
     comments = [f["frame.comment"] for f in frames]
     assert comments[0][0] == "virtio-net TX queue 1" and comments[2][0] == "virtio-net RX queue 0"
     assert "gso_type=VIRTIO_NET_HDR_GSO_NONE" in comments[1][1] and "num_buffers=1" in comments[2][1]

@@ -390,6 +390,37 @@ def test_follow_up_looks_find_completions_that_bring_no_call():
     commands = engine.handle(Tick(30))
     used = [c.event for c in commands if isinstance(c, Record)]
     assert [(e.kind, e.time_ns) for e in used] == [(EventKind.USED, 30)]
-    assert not [c for c in commands if isinstance(c, WakeAfter)]  # nothing in flight any more
+    assert not [c for c in commands if isinstance(c, WakeAfter) and c.seconds]  # nothing in flight any more
+    engine.release()
+    guest.close()
+
+
+def test_a_stopped_ring_is_not_read_until_it_is_set_up_again():
+    """Between GET_VRING_BASE and the next SET_VRING_KICK (QEMU restarting the device for the guest
+    kernel after the firmware), a call must not make the proxy read the old ring's memory."""
+    from vqtrace.driver import GuestDriver
+    from vqtrace.vhost.tap import tracker_tap
+
+    engine = ProxyEngine(tap_factory=tracker_tap, device_type=2)
+    user = 0x7E00_0000_0000
+    guest = GuestDriver.in_memfd(1 << 20, 0, user_addr=user)
+    queue = guest.queue(0, 8, features=1 << 32)
+    c = queue.config
+    call = os.eventfd(0, os.EFD_CLOEXEC)
+    for msg in (Message.make(p.SET_MEM_TABLE, p.pack_memory([p.MemoryRegion(0, 1 << 20, user, 0)]),
+                             fds=[os.dup(guest.fd)]),
+                Message.make(p.SET_VRING_NUM, p.pack_state(0, 8)),
+                Message.make(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(0, 0, user + c.desc, user + c.device,
+                                                                       user + c.driver, c.device))),
+                Message.make(p.SET_VRING_KICK, p.pack_vring_file(0, nofd=True)),
+                Message.make(p.SET_VRING_CALL, p.pack_vring_file(0), fds=[call])):
+        engine.handle(rx(F, msg))
+    get = Message.make(p.GET_VRING_BASE, p.pack_state(0, 0))
+    engine.handle(rx(F, get))
+    engine.handle(rx(B, get.make_reply(p.pack_state(0, 0))))
+    guest.memory.write(c.driver, b"\xff" * 4)  # the guest reuses the old ring's memory
+    commands = engine.handle(Notified(Notify.CALL, 0, 5))
+    assert [c.event.kind for c in commands if isinstance(c, Record)] == [EventKind.CALL]
+    assert not engine.taps
     engine.release()
     guest.close()

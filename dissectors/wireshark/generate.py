@@ -54,7 +54,6 @@ PROTOCOL_TITLES = {
 #: Fields the plan adds that no layout declares: (abbreviation, kind, label).
 EXTRA_FIELDS = [
     ("vqtrace.malformed", "string", "Malformed layer"),
-    ("vqtrace.summary", "string", "Summary"),
 ]
 
 

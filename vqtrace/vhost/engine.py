@@ -175,9 +175,10 @@ class SessionEnded:
 
 @dataclass
 class WakeAfter:
-    """Feed a :class:`Tick` after ``seconds`` (unless one is due sooner): a role's follow-up look."""
+    """Feed a :class:`Tick` ``seconds`` from now (replacing the one asked for before; None cancels
+    it): a role's follow-up look when nothing else happens meanwhile."""
 
-    seconds: float
+    seconds: float | None
 
 
 @dataclass

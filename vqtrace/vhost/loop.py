@@ -282,9 +282,7 @@ class Loop:
         elif kind is Close:
             self._detach(command.peer)
         elif kind is WakeAfter:
-            at = time.monotonic() + command.seconds
-            if self._wake_at is None or at < self._wake_at:
-                self._wake_at = at
+            self._wake_at = None if command.seconds is None else time.monotonic() + command.seconds
         elif kind is SessionEnded:
             self.ended = command
         else:  # pragma: no cover - a role bug

@@ -212,11 +212,18 @@ class ProxyEngine:
         elif request == p.VRING_KICK:
             # In-band kick ("VHOST_USER_VRING_KICK"): forwarded as it is, then the ring is read.
             index = p.unpack_state(msg.payload).index
+            self.live_rings.add(index)  # "the ring is also started on the VHOST_USER_VRING_KICK message"
             out.append(Send(Peer.BACKEND, msg))
             self._notified(Notified(Notify.KICK, index, time_ns), out, inband=True)
             return
         elif request in (p.SET_FEATURES, p.SET_VRING_NUM, p.SET_VRING_ADDR, p.SET_VRING_BASE):
-            self._drop_tap(_queue_of(msg))
+            if request == p.SET_FEATURES:
+                self.taps.clear()  # the layout and the features the readers use may change
+            else:
+                self._drop_tap(_queue_of(msg))
+        elif request in (p.RESET_DEVICE, p.RESET_OWNER):
+            self.taps.clear()
+            self.live_rings.clear()
         out.append(Send(Peer.BACKEND, msg, keep=keep))
 
     def _from_backend(self, msg: Message, time_ns: int, out: list[Command]) -> None:
@@ -393,8 +400,8 @@ class ProxyEngine:
             # rings: the used ring's idx now is where the back-end resumes ("Ring states").
             self._drop_tap(index)
             self.broken_rings.discard(index)
-            self._tap(index, out)
             self.live_rings.add(index)
+            self._tap(index, out)
             self._report_inflight(index, out)
         if nofd or self.poll_mode:
             if nofd and kind is not Notify.KICK and kind in fds.ours:
@@ -456,14 +463,18 @@ class ProxyEngine:
         self._follow_up(out)
 
     def _follow_up(self, out: list[Command]) -> None:
-        """Look again later while chains are in flight: a driver that polls (SeaBIOS sets
-        VIRTQ_AVAIL_F_NO_INTERRUPT) or event suppression means the device's used buffers may
-        come with no call; the look backs off from 2 ms to 200 ms while nothing changes."""
-        if self._wake_pending or self.poll_mode:
+        """While chains are in flight, look again if no notification comes for a while: a driver
+        that polls (SeaBIOS sets VIRTQ_AVAIL_F_NO_INTERRUPT) or event suppression means the
+        device's used buffers may bring no call. The wait starts at 2 ms and doubles up to
+        200 ms while the looks find nothing; every notification pushes the look back."""
+        if self.poll_mode:
             return
         if any(getattr(tap, "in_flight", 0) for tap in self.taps.values()):
             self._wake_pending = True
             out.append(WakeAfter(self._followup_delay))
+        elif self._wake_pending:
+            self._wake_pending = False
+            out.append(WakeAfter(None))
 
     def _poll_queue(self, index: int, time_ns: int, out: list[Command], *, follow_up: bool = True) -> None:
         tap = self._tap(index, out)
@@ -489,6 +500,8 @@ class ProxyEngine:
         tap = self.taps.get(index)
         if tap is not None or self.tap_factory is None or index in self.broken_rings:
             return tap
+        if index not in self.live_rings:
+            return None  # stopped (GET_VRING_BASE) or not set up: its memory may hold anything now
         ring = self.session.vrings.get(index)
         if ring is None or not ring.ready or not self.memory.regions:
             return None
