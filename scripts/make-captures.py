@@ -7,7 +7,8 @@
   ``qemu-emulated.elf.zst`` (dump-guest-memory, zstd -19), ``qemu-emulated.qemu-status.json``
   (the QMP bundle, docs/qemu-status.md) and ``qemu-emulated.inflight.json`` (QEMU's in-flight view).
 - live: scenarios 1 and 2 (the guest's blk workload through ``vqtrace live``), once that command
-  exists: ``blk-proxy.pcapng`` and ``blk-backend.pcapng``.
+  exists: ``blk-proxy.pcapng`` and ``blk-backend.pcapng``, each with QEMU's own log of the
+  vhost-user messages it sent and read (``*.qemu-vhost.log``, ``-trace vhost_user_write/read``).
 
 Needs what the end-to-end tests need (scripts/setup-system.sh). Takes about a minute with TCG,
 most of it zstd.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from e2e import emulated  # noqa: E402
 from e2e.guest import build_initramfs, ensure_kernel  # noqa: E402
 from e2e.procs import HarnessError, Processes, wait_for_path  # noqa: E402
+from e2e.traces import QEMU_TRACE_ARGS  # noqa: E402
 from e2e.vm import QemuVM, StorageDaemon, detect_accel, vhost_user_blk_args  # noqa: E402
 from e2e.workloads import blk_workload, check_disk, make_disk  # noqa: E402
 
@@ -72,24 +74,26 @@ def make_live(out: Path, work: Path, kernel, accel: str) -> list[Path]:
             image = make_disk(run / "disk.img")
             socket_path = run / "vqtrace.sock"
             trace = run / f"{name}.pcapng"  # copied into captures/ only when the run passed
-            args = [sys.executable, "-m", "vqtrace", "live", "--socket", str(socket_path), "--once", "-q",
-                    "-w", str(trace)]
+            # Relative paths (vqtrace runs in the run's folder): the trace names "vqtrace.sock", not a temp dir.
+            args = [sys.executable, "-m", "vqtrace", "live", "--socket", socket_path.name, "--once", "-q",
+                    "-w", trace.name]
             if role == "proxy":
                 StorageDaemon(procs, image, run / "qsd.sock").start()
-                args += ["--backend", str(run / "qsd.sock"), "--device-type", "blk"]
+                args += ["--backend", "qsd.sock", "--device-type", "blk"]
             else:
-                args += ["--device", "blk", "--image", str(image)]
-            live = procs.spawn("vqtrace-live", args)
+                args += ["--device", "blk", "--image", image.name]
+            live = procs.spawn("vqtrace-live", args, cwd=run)
             wait_for_path(socket_path, 20, live)
             initrd = build_initramfs(kernel, ["virtio_blk"], blk_workload(), run / "initrd.cpio")
-            vm = QemuVM(procs, kernel, initrd, vhost_user_blk_args(socket_path), accel=accel,
-                        shared_memory=True).start()
+            qemu_log = run / f"{name}.qemu-vhost.log"
+            devices = [*vhost_user_blk_args(socket_path), *QEMU_TRACE_ARGS, "-D", str(qemu_log)]
+            vm = QemuVM(procs, kernel, initrd, devices, accel=accel, shared_memory=True).start()
             verdict = vm.wait_console(r"^VQTRACE-VERDICT (PASS|FAIL)(.*)$", 180)
             vm.wait_exit(30)
             live.wait(20)
             if verdict.group(1) != "PASS" or check_disk(image):
                 raise HarnessError(f"{name}: {verdict.group(0)}")
-            made.append(install(trace, out))
+            made += [install(trace, out), install(qemu_log, out)]
         finally:
             procs.stop_all()
     return made

@@ -60,3 +60,17 @@ def test_dump_rejects_a_bad_status_file_in_one_line(tmp_path: Path, bad: str):
                            str(status)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["blk-proxy", "blk-backend"])
+def test_live_traces_hold_the_workload_and_every_qemu_message(name: str):
+    """The recorded vhost-user traces: the guest's patterns, and QEMU's own list of what it sent."""
+    from .test_blk_live import check_blk_trace
+    from .traces import frontend_messages, qemu_sent, trace_events
+
+    trace, log = CAPTURES / f"{name}.pcapng", CAPTURES / f"{name}.qemu-vhost.log"
+    assert trace.name in (CAPTURES / "README.md").read_text() and log.name in (CAPTURES / "README.md").read_text()
+    check_blk_trace(trace)
+    sent = qemu_sent(log)
+    assert len(sent) > 20
+    assert frontend_messages(trace_events(trace)) == sent
