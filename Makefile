@@ -16,7 +16,7 @@ setup: $(BIN)/vqtrace
 	./scripts/setup-system.sh
 
 demo: setup
-	$(BIN)/vqtrace decode virtqueue.desc 0010000000000000 00100000 0100 0100
+	$(BIN)/vqtrace demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,8 +1,11 @@
-"""Install vqtrace's Wireshark plugin (and, later, its extcap entry) for the current user.
+"""Install vqtrace's Wireshark plugin and its extcap entry (live capture) for the current user.
 
 install: copy the Lua plugin into Wireshark's personal plugin folder
 ($HOME/.local/lib/wireshark/plugins/, or --plugin-dir); Wireshark and tshark then
 dissect vqtrace traces, with the same field names and display filters as vqtrace show.
+It also writes the vqtrace-extcap program into Wireshark's extcap folder (or
+--extcap-dir), so Wireshark, tshark and termshark capture live through vqtrace
+(interfaces from ~/.config/vqtrace/extcap.json; see docs/live.md).
 uninstall: remove what install put there. path: print the plugin's packaged path
 (for tshark -X lua_script:PATH).
 
@@ -10,6 +13,7 @@ Examples:
   vqtrace wireshark install
   vqtrace wireshark path
   tshark -r trace.pcapng -Y 'virtio_blk.sector >= 2048'
+  tshark -i vqtrace-vm1-disk -Y 'virtio_blk.type == 1'
 """
 
 from __future__ import annotations
@@ -78,14 +82,31 @@ def uninstall_plugin(args: argparse.Namespace) -> list[Path]:
     return [target]
 
 
-#: What ``install`` installs, in order. Live capture adds its extcap entry here (vqtrace live, issue 6).
-INSTALLERS: list[Installer] = [Installer("Lua plugin", install_plugin, uninstall_plugin)]
+def install_extcap(args: argparse.Namespace) -> list[Path]:
+    from ..vhost import extcap  # imported on use: it pulls in the live-tracing code
+
+    return extcap.install_extcap(args)
+
+
+def uninstall_extcap(args: argparse.Namespace) -> list[Path]:
+    from ..vhost import extcap
+
+    return extcap.uninstall_extcap(args)
+
+
+#: What ``install`` installs, in order.
+INSTALLERS: list[Installer] = [
+    Installer("Lua plugin", install_plugin, uninstall_plugin),
+    Installer("extcap program", install_extcap, uninstall_extcap),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("install", "uninstall", "path"), help="what to do")
     parser.add_argument("--plugin-dir", metavar="DIR",
                         help="install the plugin here instead of $HOME/.local/lib/wireshark/plugins")
+    parser.add_argument("--extcap-dir", metavar="DIR",
+                        help="install the extcap program here instead of Wireshark's extcap folder")
 
 
 def run(args: argparse.Namespace) -> int:
