@@ -8,6 +8,7 @@ every such module so the registry is complete.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import io
 import struct
@@ -185,8 +186,9 @@ def get_layer(name: str) -> Layer:
     try:
         return _LAYERS[name]
     except KeyError:
-        known = ", ".join(sorted(_LAYERS))
-        raise DissectError(name, 0, f"unknown layer (known: {known})") from None
+        close = difflib.get_close_matches(name, _LAYERS, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise DissectError(name, 0, f"unknown layer ({hint}'vqtrace decode --list' lists {len(_LAYERS)})") from None
 
 
 def dissect(layer: str | Layer, data: bytes, *, base: int = 0, params: dict[str, Any] | None = None) -> Field:

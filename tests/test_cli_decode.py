@@ -62,7 +62,9 @@ def test_bad_hex_error():
 
 def test_unknown_layer_error():
     line = _one_line_error(run_vqtrace("decode", "nonsense.layer", "00"))
-    assert "unknown layer" in line
+    assert "unknown layer" in line and "vqtrace decode --list" in line
+    line = _one_line_error(run_vqtrace("decode", "virtio_blk.reqq", "00"))
+    assert "did you mean virtio_blk.req" in line
 
 
 def test_missing_file_error(tmp_path):
