@@ -56,9 +56,9 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def _command_modules() -> list[ModuleType]:
+def _command_modules(names: Sequence[str] = COMMANDS) -> list[ModuleType]:
     modules = []
-    for name in COMMANDS:
+    for name in names:
         try:
             modules.append(importlib.import_module(f"{__package__}.commands.{name}"))
         except ModuleNotFoundError as err:
@@ -67,7 +67,12 @@ def _command_modules() -> list[ModuleType]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, arguments: bool = True) -> argparse.ArgumentParser:
+    """The ``vqtrace`` parser: every subcommand, or only ``command`` when it is one (start-up stays cheap).
+
+    ``arguments=False`` leaves the subcommands' own arguments out: enough for the
+    top-level ``--help``, usage and "invalid choice" errors, which never show them.
+    """
     parser = OneLineParser(
         prog="vqtrace",
         description="Protocol analyser and trace debugger for virtio and vhost-user.",
@@ -75,19 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    for module in _command_modules():
+    modules = _command_modules((command,)) if command in COMMANDS else []
+    if not modules:  # no command, or not one of ours: the full list, for the help and the error
+        modules = _command_modules()
+    for module in modules:
         name = module.__name__.rsplit(".", 1)[1]
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
-        command = sub.add_parser(name, help=summary, description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run, command_parser=command)
+        subparser = sub.add_parser(name, help=summary, description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        if arguments or name == command:
+            module.add_arguments(subparser)
+        subparser.set_defaults(run=module.run, command_parser=subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `vqtrace COMMAND ...` imports only COMMAND's module. Otherwise every command is listed;
+    # their own arguments are built only if some word could select one (not for --help,
+    # no command or an unknown one, whose output never shows them).
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(command, arguments=command is None and any(word in COMMANDS for word in argv))
     args, extras = parser.parse_known_args(argv)
     if extras:
         # Positional words after options (`decode LAYER --queue-size 4 HEX`) go to

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dissectors import all_layers, get_layer
-from ..dissectors.tree import json_value, render_text
 from ..errors import UsageError
 from ..output import dump_json, hexdump, parse_int, read_bytes_arg
 
@@ -33,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dissectors import all_layers, get_layer  # construct loads only when a command dissects
+    from ..dissectors.tree import json_value, render_text
+
     if args.list:
         for layer in all_layers():
             print(f"{layer.name:<28} {layer.title}  [{layer.section}]")

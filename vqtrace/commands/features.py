@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..dissectors import features as ft
 from ..errors import UsageError
 from ..output import dump_json
+
+if TYPE_CHECKING:  # the tables load when the command runs, not for `vqtrace --help`
+    from ..dissectors import features as ft
 
 #: The widest feature word accepted (2.2 allocates bits up to 127; wider words are reserved bits).
 MAX_FEATURE_BITS = 1024
@@ -36,6 +38,8 @@ _RANGE = re.compile(r"(\w+)-(\w+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..dissectors import features as ft
+
     parser.add_argument("value", nargs="?", help="the feature word (the device's offer when --driver is given)")
     parser.add_argument("-d", "--device", metavar="TYPE",
                         help="device type: a name (net, blk, console, rng, balloon, scsi, gpu, input, vsock, fs, ...), "
@@ -62,12 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_device(text: str) -> ft.DeviceType:
     """A device type by name, virtio device ID or PCI device ID; UsageError otherwise."""
-    # imported here: importing a layer module registers its layers, and `decode --list`
-    # lists them in the order the registry loads them
-    from ..dissectors.pci import TRANSITIONAL_DEVICE_IDS, VIRTIO_PCI_DEVICE_ID_BASE
+    from ..dissectors import features as ft
 
     device = ft.find_device(text)
     if device is None:
+        # imported here: importing a layer module registers its layers (and loads construct),
+        # and `decode --list` lists them in the order the registry loads them
+        from ..dissectors.pci import TRANSITIONAL_DEVICE_IDS, VIRTIO_PCI_DEVICE_ID_BASE
+
         try:
             number = int(text.strip(), 0)
         except ValueError:
@@ -135,6 +141,8 @@ def parse_word(text: str, space: ft.FeatureSpace, what: str = "VALUE") -> int:
 
 
 def build_space(args: argparse.Namespace) -> ft.FeatureSpace:
+    from ..dissectors import features as ft
+
     if args.protocol:
         for option, given in (("--device", args.device), ("--vhost-user", args.vhost_user),
                               ("--transport", args.transport)):
@@ -155,6 +163,8 @@ def _hex(value: int) -> str:
 
 
 def _section(section: str) -> str:
+    from ..dissectors import features as ft
+
     return section.removeprefix(f"{ft.VIRTIO}, ")
 
 
@@ -206,6 +216,8 @@ def _explain(info: ft.BitInfo, space: ft.FeatureSpace) -> str:
         return "device-specific bit"
     if space.protocol:
         return "not in the vhost-user document's \"Protocol features\""
+    from ..dissectors import features as ft
+
     where = ft.bit_range(info.bit)
     if where == "reserved":
         return "reserved for future extensions  [2.2]"
@@ -234,6 +246,8 @@ def _exit_status(problems: list[ft.Problem], strict: bool) -> int:
 
 
 def _list(space: ft.FeatureSpace, fmt: str) -> int:
+    from ..dissectors import features as ft
+
     bits = [ft.BitInfo(bit, meanings[0].scope, meanings) for bit, meanings in space.meanings.items()]
     if fmt == "json":
         print(dump_json({**_space_json(space), "bits": [_bit_json(info) for info in bits],
@@ -255,6 +269,8 @@ def _list(space: ft.FeatureSpace, fmt: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dissectors import features as ft
+
     space = build_space(args)
     if args.list:
         if args.value is not None or args.driver is not None:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..output import parse_int
+
+if TYPE_CHECKING:
+    import logging
 
 DEVICE_TYPES = {"net": 1, "blk": 2, "console": 3, "rng": 4, "balloon": 5, "scsi": 8, "vsock": 19}
 DEVICES = ("blk", "net", "console", "rng", "balloon", "scsi", "vsock")
@@ -97,12 +99,13 @@ def make_device(args: argparse.Namespace) -> Any:
     return VsockDevice()
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"vqtrace live: {record.getMessage()}"
-
-
 def setup_logging(quiet: bool) -> logging.Logger:
+    import logging  # here, not at the top: `vqtrace --help` imports this module
+
+    class _OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"vqtrace live: {record.getMessage()}"
+
     logger = logging.getLogger("vqtrace.vhost")
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, "_vqtrace", False) for h in logger.handlers):

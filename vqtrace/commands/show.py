@@ -36,19 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..filter import compile_filter
-    from ..trace.display import catalog
-
     if args.count is not None and args.count < 0:
         raise UsageError(f"-c {args.count}: a count cannot be negative")
-    flt = compile_filter(args.filter, catalog()) if args.filter else None
+    flt = None
+    if args.filter:  # the filter compiler loads only for -Y
+        from ..filter import compile_filter
+        from ..trace.display import catalog
+
+        flt = compile_filter(args.filter, catalog())
     return show(args.file, flt=flt, verbose=args.verbose, hexdump_=args.hex, count=args.count, fmt=args.format)
 
 
 def show(path: str, *, flt: Any = None, verbose: bool = False, hexdump_: bool = False, count: int | None = None,
          fmt: str = "text", out: IO[str] | None = None) -> int:
     """Print the frames of ``path``; raise TraceFileError (one line) for the first problem found."""
-    from ..trace.display import FrameFields
     from ..trace.dissect import KIND_NAMES, Dissector, RecordError
     from ..trace.reader import TraceReader
 
@@ -57,6 +58,8 @@ def show(path: str, *, flt: Any = None, verbose: bool = False, hexdump_: bool = 
     problems: list[tuple[int, str]] = []
     printed = 0
     need_fields = flt is not None or fmt != "text"
+    if need_fields:  # the filter machinery loads only for -Y and JSON
+        from ..trace.display import FrameFields
     first_ns: int | None = None
     dissector = Dissector()
     with TraceReader(path) as reader:
@@ -79,7 +82,9 @@ def show(path: str, *, flt: Any = None, verbose: bool = False, hexdump_: bool = 
                     problems.append((frame.offset, f"frame {frame.number}: {err}"))
             elif vqtrace_record and data and data[0] != 1:
                 problems.append((frame.offset, f"frame {frame.number}: unknown record version {data[0]}"))
-            fields = FrameFields(frame.number, frame.source, frame.time_ns, rel, len(data), pairs)
+            fields = None
+            if need_fields:
+                fields = FrameFields(frame.number, frame.source, frame.time_ns, rel, len(data), pairs)
             if flt is not None and not flt.matches(fields.for_filter()):
                 continue
             printed += 1

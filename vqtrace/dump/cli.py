@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..dissectors.features import find_device
 from ..errors import GuestMemoryError, UsageError
-from ..model import Layout
 from ..output import dump_json
 from . import report
-from .elfwrite import write_elf_file
-from .lazy import LazyMemory
-from .procmem import connect_qmp, open_process
-from .progress import Progress
-from .qemu_status import QemuStatus, collect, load_qemu_status, parse_qemu_status
-from .qmp import QmpClient
-from .queue_spec import parse_queue_spec
 from .snapshot import Extent, Snapshot, open_snapshot
 
-if TYPE_CHECKING:  # the analysis (numpy, the ring readers) loads only when a command needs it
+if TYPE_CHECKING:
+    # Each subcommand imports what it needs when it runs: `dump scan` loads numpy and the
+    # scanner, not the ring readers, request decoders, QMP client or feature tables.
     from .analyze import Target
+    from .qemu_status import QemuStatus
+    from .qmp import QmpClient
     from .scan import Candidate
 
 DEFAULT_MIN_SCORE = 0.6  # .scan.DEFAULT_MIN_SCORE, without importing numpy for `dump info`
@@ -42,6 +35,8 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Snapshot, QmpClient 
     snapshot: Snapshot | None = None
     try:
         if args.pid is not None:
+            from .procmem import connect_qmp, open_process
+
             if args.snapshot:
                 raise UsageError("give a snapshot FILE or --pid PID, not both")
             if args.base is not None:
@@ -96,6 +91,8 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def _device_type(name: str | None) -> tuple[int, str]:
+    from ..dissectors.features import find_device
+
     if not name:
         return 0, ""
     device = find_device(name)
@@ -105,6 +102,10 @@ def _device_type(name: str | None) -> tuple[int, str]:
 
 
 def _scan_targets(snapshot: Snapshot, args: argparse.Namespace) -> tuple[list[Target], list[Candidate]]:
+    import dataclasses
+
+    from ..dissectors.features import find_device
+    from ..model import Layout
     from .analyze import Target
     from .scan import scan
 
@@ -136,6 +137,7 @@ def _scan_targets(snapshot: Snapshot, args: argparse.Namespace) -> tuple[list[Ta
 
 def _queue_targets(args: argparse.Namespace) -> list[Target]:
     from .analyze import Target
+    from .queue_spec import parse_queue_spec
 
     device_type, short = _device_type(args.device)
     targets = []
@@ -164,7 +166,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise UsageError("--candidate needs --scan")
     if args.completed < 0:
         raise UsageError("--completed must not be negative")
+    import json
+
     from .analyze import analyze
+    from .qemu_status import collect, load_qemu_status, parse_qemu_status
+    from .qmp import QmpClient
 
     with open_source(args) as (snapshot, qmp):
         extra: dict[str, Any] = {}
@@ -212,6 +218,11 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def run_qemu_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .qemu_status import collect
+    from .qmp import QmpClient
+
     with QmpClient(args.qmp) as qmp:
         if args.stop:
             qmp.execute("stop")
@@ -232,6 +243,8 @@ def run_qemu_status(args: argparse.Namespace) -> int:
 
 
 def _reader(snapshot: Snapshot, extent: Extent) -> Callable[[int, int], bytes]:
+    from .lazy import LazyMemory
+
     memory = snapshot.memory
 
     def read(offset: int, length: int) -> bytes:
@@ -246,6 +259,9 @@ def _reader(snapshot: Snapshot, extent: Extent) -> Callable[[int, int], bytes]:
 
 
 def run_save(args: argparse.Namespace) -> int:
+    from .elfwrite import write_elf_file
+    from .progress import Progress
+
     output = Path(args.output)
     with open_source(args) as (snapshot, _):
         if args.snapshot and output.exists() and output.resolve() == Path(args.snapshot).resolve():

@@ -17,8 +17,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
-import gzip
-import hashlib
 import lzma
 import os
 import zlib
@@ -65,6 +63,8 @@ def cache_dir() -> Path:
 
 def cache_path(source: str | os.PathLike[str]) -> Path:
     """The cache file for ``source`` (which need not exist yet)."""
+    import hashlib  # 5 ms, only for compressed snapshots
+
     st = os.stat(source)
     key = f"{os.path.realpath(source)}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -82,6 +82,8 @@ def _open_reader(kind: str, src: BinaryIO) -> Any:
     zstd input is checked first by :func:`check_zstd_frames`.
     """
     if kind == "gzip":
+        import gzip
+
         return gzip.GzipFile(fileobj=src, mode="rb")
     if kind == "xz":
         return lzma.LZMAFile(src, mode="rb")

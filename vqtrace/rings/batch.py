@@ -142,12 +142,6 @@ def _flat(memory: GuestMemory, lo: int) -> memoryview | None:
     return regions[0].data if len(regions) == 1 and regions[0].guest_addr == lo else None
 
 
-def _weights(write: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Per descriptor ``len << 32`` (readable) or ``len`` (writable): summed, the chain's two byte counts."""
-    length = length.astype(np.uint64)
-    return np.where(write, length, length << np.uint64(32))
-
-
 def _sums(write: np.ndarray, length: np.ndarray, starts: list[int]) -> tuple[list[int], list[int]]:
     """Per segment from each of ``starts``: the readable and the writable bytes."""
     length = length.astype(np.uint64)
@@ -217,69 +211,107 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     return out
 
 
+_STOP = 1 << 16  # in a step list: the chain ends here (no NEXT); any value >= the queue size stops a walk
+_BAD = 1 << 62  # in a weight list: walk this chain carefully (summed, it stays >= _BAD)
+_M32 = np.uint64(0xFFFFFFFF)
+_U32, _U16 = np.uint64(32), np.uint64(16)
+_NEXT, _WRITE = np.uint64(VIRTQ_DESC_F_NEXT), np.uint64(VIRTQ_DESC_F_WRITE)
+_CHAINED = np.uint64(VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE)
+_ONE = np.uint64(1)
+#: Bits of (len | flags << 32 | next << 48) that rule an entry out: INDIRECT, and a len of SMALL_LEN or more.
+_RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 32 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
+
+
+def _split_entries(raw: bytes, size: int, lo: int, hi: int) -> tuple[list[int], list[int]]:
+    """Per entry of a split descriptor table (2.7.5): the entry its NEXT links to (``_STOP`` without NEXT),
+    and its weight: ``len << 32`` (readable) or ``len`` (writable), ``_BAD`` when a chain through it must
+    be walked carefully: INDIRECT, too long, outside [lo, hi), or writable and linking to a readable one
+    (2.7.4.2). A NEXT link out of the table shows as a step of ``size`` or more.
+
+    Few numpy calls (they, not the entries, cost; ``argmax`` is much cheaper than ``any``/``max``):
+    the checks run over the whole table at once and only when one fails is the culprit found.
+    """
+    words = np.frombuffer(raw, dtype=np.uint64, count=2 * size)
+    addr, meta = words[0::2], words[1::2]  # addr; len | flags << 32 | next << 48
+    high = meta >> _U32  # flags | next << 16
+    nxt = high >> _U16
+    step = np.where(high & _NEXT, nxt, _STOP).tolist()
+    length = meta & _M32
+    write = high & _WRITE
+    weight = np.where(write, length, length << _U32)
+    # where a link out of the table points does not matter (the walk stops there): any entry will do
+    target = nxt & np.uint64(size - 1) if not size & (size - 1) else np.minimum(nxt, np.uint64(size - 1))
+    reads_after = ((high & _CHAINED) | (write[target] << _ONE)) == _CHAINED  # NEXT, WRITE, then not WRITE
+    ruled_out = meta & _RULED_OUT
+    end = addr + length
+    np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
+    if ruled_out[ruled_out.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
+            or reads_after[reads_after.argmax()]:
+        outside = ((end > hi) | (addr < lo)) & (length != 0)
+        weight[(ruled_out != 0) | outside | reads_after] = _BAD
+    return step, weight.tolist()
+
+
 def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
                      table: memoryview | bytes, bounds: MemoryBounds) -> list[Chain]:
     """The chains of ``heads``, made available at free-running indices ``first_idx`` on, in order.
 
-    The checks are done once per table entry, with numpy (an entry is bad when it is INDIRECT,
-    outside memory, too long, links outside the table, or is writable and links to a readable
-    one, 2.7.4.2); Python then only follows the links. A chain that touches a bad entry, or
-    runs longer than ``MAX_STEPS`` (a loop does), is walked by the one-by-one walkers.
+    The checks are done once per table entry, with numpy (``_split_entries``); Python then
+    only follows the links. A chain that touches a bad entry, or runs longer than
+    ``MAX_STEPS`` (a loop does), is walked by the one-by-one walkers.
     """
+    return split_batch(config, memory, heads, first_idx, table, bounds)[0]
+
+
+def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
+                table: memoryview | bytes, bounds: MemoryBounds
+                ) -> tuple[list[Chain], list[int], list[tuple[int, int] | None]]:
+    """:func:`walk_split_batch`, and what the tracker's bookkeeping needs: the table entries walked, and per
+    chain the part of them that is its own (None: a chain of the one-by-one walkers)."""
     size, queue = config.size, config.index
     single = bounds.single()
     if single is None:
         return [careful_split_chain(config, memory, h, avail_idx=(first_idx + k) & 0xFFFF, table=table,
-                                    bounds=bounds) for k, h in enumerate(heads)]
+                                    bounds=bounds) for k, h in enumerate(heads)], [], [None] * len(heads)
     lo, hi = single
-    rows = np.frombuffer(bytes(table), dtype=SPLIT_DTYPE, count=size)  # a copy: later ring writes do not show
-    flags, nxt, length = rows["flags"], rows["next"], rows["len"]
-    write = (flags & VIRTQ_DESC_F_WRITE) != 0
-    link = (flags & VIRTQ_DESC_F_NEXT) != 0
-    inside = nxt < size
-    more = link & inside
-    good = ((flags & VIRTQ_DESC_F_INDIRECT) == 0) & (length < SMALL_LEN) & _in_bounds(rows["addr"], length, lo, hi)
-    good &= inside | ~link  # a link out of the table
-    good &= ~(more & write & ~write[np.minimum(nxt, size - 1)])  # 2.7.4.2: writable, then a readable one
-    # Per entry: the entry it links to; -1: the chain ends here; -2: walk carefully.
-    step = np.where(good, np.where(more, nxt.astype(np.int32), -1), -2).tolist()
-    weight = _weights(write, length).tolist()
+    raw = bytes(table)  # a copy: later ring writes do not show
+    step, weight = _split_entries(raw, size, lo, hi)
     walked: list[int] = []
     append = walked.append
     steps = range(min(MAX_STEPS, size) - 1)
-    source = _Rows(rows, walked, walked, False)
+    source = _Rows(np.frombuffer(raw, dtype=SPLIT_DTYPE, count=size), walked, walked, False)
     lazy = Chain.lazy
     chains: list[Chain | None] = []
+    parts: list[tuple[int, int] | None] = []
     slow: list[tuple[int, int]] = []  # (position, head) of the chains for the one-by-one walkers
-    end = 0
-    for k, head in enumerate(heads):
-        if head >= size:
-            chains.append(None)
-            slow.append((k, head))
-            continue
-        start = end
-        append(head)
-        total = weight[head]
-        i = step[head]
-        if i >= 0:
-            for _ in steps:
-                append(i)
-                total += weight[i]
-                i = step[i]
-                if i < 0:
-                    break
-            else:
-                i = -2  # longer than MAX_STEPS (or a loop)
-        end = len(walked)
-        if i == -1:
-            chains.append(lazy(queue, head, (first_idx + k) & 0xFFFF, _TableRows(source, start, end), total >> 32,
-                               total & _LOW))
-        else:
+    start = 0
+    add_chain, add_part = chains.append, parts.append
+    for k, head in enumerate(heads, first_idx):
+        if head < size:
+            append(head)
+            total = weight[head]
+            i = step[head]
+            if i < size:
+                for _ in steps:
+                    append(i)
+                    total += weight[i]
+                    i = step[i]
+                    if i >= size:
+                        break
+                else:
+                    i = 0  # longer than MAX_STEPS (or a loop)
+            if i == _STOP and total < _BAD:
+                end = len(walked)
+                add_chain(lazy(queue, head, k & 0xFFFF, _TableRows(source, start, end), total >> 32, total & _LOW))
+                add_part((start, end))
+                start = end
+                continue
             del walked[start:]
-            end = start
-            chains.append(None)
-            slow.append((k, head))
+        slow.append((k - first_idx, head))
+        add_chain(None)
+        add_part(None)
     if slow:
+        rows = source.rows
         indirect = _indirect_batch(config, memory, rows, [s for s in slow if s[1] < size], lo, hi) \
             if config.indirect else {}
         for k, head in slow:
@@ -289,7 +321,58 @@ def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[i
                 chains[k] = lazy(queue, head, avail_idx, *found)
             else:  # one by one, the scalar fast path first
                 chains[k] = walk_split_chain(config, memory, head, avail_idx=avail_idx, table=table, bounds=bounds)
-    return chains  # type: ignore[return-value]
+    return chains, walked, parts  # type: ignore[return-value]
+
+
+#: Bits of (len | id << 32 | flags << 48) that rule a slot out: INDIRECT, and a len of SMALL_LEN or more.
+_PACKED_RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 48 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
+_AU = np.uint64(_AVAIL_USED)
+
+
+def _packed_entries(raw: bytes, size: int, lap: int, expect: int, lo: int, hi: int
+                    ) -> tuple[list[int], list[int], list[int], list[bool] | None]:
+    """The lists of a packed descriptor ring (2.8.13), in ring order from the tracker's position (``raw``
+    rotated so), slots from ``lap`` on in the next lap (2.8.1: the other wrap counter).
+
+    Of the slots available in a row (``expect``: the AVAIL/USED bits of the first lap), returns the
+    position of each list's last one (no NEXT), each list's buffer id and ``readable << 32 | writable``
+    byte counts, and, when some list must be walked carefully, which ones (else None): INDIRECT, too
+    long, outside [lo, hi), or a readable descriptor after a writable one (2.8.4). Few numpy calls:
+    the checks run over all the slots at once and only when one fails is the culprit found.
+    """
+    words = np.frombuffer(raw, dtype=np.uint64, count=2 * size)
+    addr, meta = words[0::2], words[1::2]  # addr; len | id << 32 | flags << 48
+    high = meta >> _U32  # id | flags << 16
+    flags = high >> _U16
+    if lap < size:
+        flags[lap:] ^= _AU  # the next lap: AVAIL and USED mean the other way round
+    available = (flags & _AU) == np.uint64(expect)
+    stop = int(available.argmin())
+    if available[stop]:
+        stop = size  # all available
+    ends = np.flatnonzero((flags[:stop] & _NEXT) == 0)
+    if not len(ends):
+        return [], [], [], None
+    stop = int(ends[-1]) + 1  # slots after the last list's end are an unfinished list: the careful walker's
+    ends_list = ends.tolist()
+    starts = [0, *[e + 1 for e in ends_list[:-1]]]
+    flags, addr, meta = flags[:stop], addr[:stop], meta[:stop]
+    length = meta & _M32
+    write = flags & _WRITE
+    sums = np.add.reduceat(np.where(write, length, length << _U32), starts).tolist()
+    ids = (high[ends] & np.uint64(0xFFFF)).tolist()
+    # slot k readable while slot k - 1 is writable and links to it
+    reads_after = ((flags[:-1] & _CHAINED) | (write[1:] << _ONE)) == _CHAINED
+    ruled_out = meta & _PACKED_RULED_OUT
+    end = addr + length
+    np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
+    bad = None
+    if ruled_out[ruled_out.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
+            or (stop > 1 and reads_after[reads_after.argmax()]):
+        wrong = (ruled_out != 0) | (((end > hi) | (addr < lo)) & (length != 0))
+        wrong[1:] |= reads_after
+        bad = np.logical_or.reduceat(wrong, starts).tolist()
+    return ends_list, ids, sums, bad
 
 
 def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool, ring: memoryview | bytes,
@@ -299,85 +382,88 @@ def scan_packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap:
     Stops before the first slot not available, and before the first list that needs a
     careful walk (which the caller then does, one list at a time).
     """
+    return packed_batch(config, memory, slot, wrap, ring, bounds)[0]
+
+
+def packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool, ring: memoryview | bytes,
+                 bounds: MemoryBounds) -> tuple[list[Chain], int]:
+    """:func:`scan_packed_batch`, and the ring slots its lists take."""
     size, queue = config.size, config.index
     single = bounds.single()
-    if single is None:
-        return []
+    if single is None or not 0 <= slot < size:
+        return [], 0
     lo, hi = single
-    table = np.frombuffer(bytes(ring), dtype=PACKED_DTYPE, count=size)
-    rows = np.concatenate((table[slot:], table[:slot]))  # in ring order from ``slot`` (a copy)
-    flags = rows["flags"]
-    lap = size - slot  # positions from here on are in the next lap: the other wrap counter (2.8.1)
-    want = np.full(size, VIRTQ_DESC_F_AVAIL if wrap else VIRTQ_DESC_F_USED, dtype=np.uint16)
-    want[lap:] = VIRTQ_DESC_F_USED if wrap else VIRTQ_DESC_F_AVAIL
-    available = (flags & _AVAIL_USED) == want
-    stop = size if available.all() else int(np.argmin(available))
-    if stop == 0:
-        return []
-    rows, flags = rows[:stop], flags[:stop]
-    link = (flags & VIRTQ_DESC_F_NEXT) != 0
-    ends = np.flatnonzero(~link)
-    if not len(ends):
-        return []
-    stop = int(ends[-1]) + 1  # an unfinished list at the end is the careful walker's
-    rows, flags, link = rows[:stop], flags[:stop], link[:stop]
-    length = rows["len"]
-    write = (flags & VIRTQ_DESC_F_WRITE) != 0
-    table_desc = (flags & VIRTQ_DESC_F_INDIRECT) != 0
-    bad = table_desc | ~_in_bounds(rows["addr"], length, lo, hi)
-    bad[1:] |= link[:-1] & write[:-1] & ~write[1:]  # 2.7.4.2: a writable descriptor, then a readable one
-    ends = ends.tolist()
-    starts = [0, *[e + 1 for e in ends[:-1]]]
-    readable, writable = _sums(write, length, starts)
-    flagged = np.logical_or.reduceat(bad, starts).tolist()
-    ids = rows["id"][ends].tolist()
-    indirect = {}
-    if table_desc.any():
-        candidates = [k for k, (start, end) in enumerate(zip(starts, ends, strict=True))
-                      if start == end and flags[start] & VIRTQ_DESC_F_INDIRECT]
-        if candidates:
-            indirect = _packed_indirect(config, memory, rows, starts, candidates, slot, lo, hi)
-    slots = [*range(slot, size), *range(slot)][:stop] if slot else list(range(stop))
-    source = _Rows(rows, None, slots, True)
+    raw = bytes(ring)  # a copy: later ring writes do not show
+    lap = size - slot  # positions from here on are in the next lap
+    expect = VIRTQ_DESC_F_AVAIL if wrap else VIRTQ_DESC_F_USED  # 2.8.1: AVAIL = the wrap counter, USED not
+    ends, ids, sums, bad = _packed_entries(raw[16 * slot:] + raw[:16 * slot] if slot else raw, size, lap, expect,
+                                           lo, hi)
+    table = np.frombuffer(raw, dtype=PACKED_DTYPE, count=size)
+    count = len(ends)
+    tables: dict[int, tuple[_IndirectRows, int, int] | None] = {}
+    q = 0
+    for k in range(count):
+        e = ends[k]
+        if e - q >= MAX_STEPS or ids[k] >= size:  # too long (the byte counts would not fit), or a bad buffer id
+            count = k
+            break
+        if bad is not None and bad[k]:
+            at = (slot + q) % size
+            if e == q and table["flags"][at] & VIRTQ_DESC_F_INDIRECT and config.indirect:
+                tables[k] = None  # one INDIRECT descriptor: its table is checked below
+            else:
+                count = k
+                break
+        q = e + 1
+    if tables:
+        positions = list(tables)
+        starts = [0 if k == 0 else ends[k - 1] + 1 for k in positions]
+        for k, found in zip(positions, _packed_indirect(config, memory, table, [(slot + q) % size for q in starts],
+                                                       lo, hi), strict=True):
+            if found is None:  # the table needs a careful walk: the batch ends before it
+                count = min(count, k)
+                break
+            tables[k] = found
+    if not count:
+        return [], 0
+    taken = ends[count - 1] + 1
+    slots = [*range(slot, slot + taken)] if slot + taken <= size else [*range(slot, size), *range(slot + taken - size)]
+    source = _Rows(table, slots, slots, True)
     chains: list[Chain] = []
     append = chains.append
     lazy = Chain.lazy
-    for k, start in enumerate(starts):
-        end = ends[k]
-        if k in indirect:
-            found = indirect[k]
-            if found is None:
-                break
-            append(lazy(queue, ids[k], slots[start], *found, wrap=wrap if start < lap else not wrap))
-            continue
-        if flagged[k] or ids[k] >= size or readable[k] + writable[k] > CHAIN_BYTES_LIMIT:
-            break
-        append(lazy(queue, ids[k], slots[start], _TableRows(source, start, end + 1), readable[k], writable[k],
-                    wrap=wrap if start < lap else not wrap))
-    return chains
+    q = 0
+    for k in range(count):
+        e = ends[k]
+        found = tables.get(k) if tables else None
+        if found is None:
+            total = sums[k]
+            append(lazy(queue, ids[k], slots[q], _TableRows(source, q, e + 1), total >> 32, total & _LOW,
+                        wrap=wrap if q < lap else not wrap))
+        else:
+            append(lazy(queue, ids[k], slots[q], *found, wrap=wrap if q < lap else not wrap))
+        q = e + 1
+    return chains, taken
 
 
-def _packed_indirect(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, starts: list[int],
-                     candidates: list[int], slot: int, lo: int, hi: int
-                     ) -> dict[int, tuple[_IndirectRows, int, int] | None]:
-    """Lists that are one INDIRECT descriptor, their tables checked together (2.8.7: entries one after
-    another, only WRITE valid): {list number: (source, readable, writable)}; None: walk carefully."""
-    out: dict[int, tuple[_IndirectRows, int, int] | None] = {k: None for k in candidates}
-    if not config.indirect:
-        return out
+def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray, slots: list[int], lo: int, hi: int
+                     ) -> list[tuple[_IndirectRows, int, int] | None]:
+    """Single INDIRECT descriptors at ring ``slots``, their tables checked together (2.8.7: entries one
+    after another, only WRITE valid): per slot (source, readable, writable), or None: walk carefully."""
     size = config.size
-    picked = rows[[starts[k] for k in candidates]]
+    out: list[tuple[_IndirectRows, int, int] | None] = [None] * len(slots)
+    picked = table[slots]
     addr, length, ids, f = (picked[name].tolist() for name in ("addr", "len", "id", "flags"))
     chosen = []
-    for n, k in enumerate(candidates):
+    for n in range(len(slots)):
         a, ln = addr[n], length[n]
         if f[n] & VIRTQ_DESC_F_NEXT or not ln or ln & 15 or ln >> 4 > size or not (lo <= a and a + ln <= hi) \
                 or ids[n] >= size:
             continue
-        chosen.append((k, n))
+        chosen.append(n)
     if not chosen:
         return out
-    entries, firsts, local = _tables(memory, PACKED_DTYPE, [(addr[n], length[n]) for _, n in chosen], lo)
+    entries, firsts, local = _tables(memory, PACKED_DTYPE, [(addr[n], length[n]) for n in chosen], lo)
     total = len(entries)
     last = np.zeros(total, dtype=bool)
     last[np.asarray([*firsts[1:], total]) - 1] = True
@@ -389,10 +475,9 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, rows: np.ndarray,
     flagged = np.logical_or.reduceat(bad, firsts).tolist()
     table_rows = _Rows(entries, None, local, True, True)
     ends = [*firsts[1:], total]
-    for m, (k, n) in enumerate(chosen):
+    for m, n in enumerate(chosen):
         if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
             continue
         head_row = (addr[n], length[n], ids[n], f[n])
-        out[k] = (_IndirectRows((slot + starts[k]) % size, head_row, table_rows, firsts[m], ends[m], True),
-                  readable[m], writable[m])
+        out[n] = (_IndirectRows(slots[n], head_row, table_rows, firsts[m], ends[m], True), readable[m], writable[m])
     return out

@@ -77,6 +77,40 @@ class MemoryBounds:
         return at >= 0 and addr + length <= self._ends[at]
 
 
+class AreaViews:
+    """Views of a queue's fixed areas (descriptor table, driver and device areas), looked up once.
+
+    ``view(addr, length)`` is :meth:`GuestMemory.view`'s answer: the first call for a range
+    asks ``memory`` (same checks, same errors); when the range lies in one region, later calls
+    slice that region's bytes directly, until a region is added or removed. A range across two
+    regions (which ``memory`` answers with a copy) is asked for every time.
+    """
+
+    __slots__ = ("_cache", "_generation", "memory")
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self.memory = memory
+        self._cache: dict[tuple[int, int], tuple[memoryview, int]] = {}
+        self._generation = memory.generation
+
+    def view(self, addr: int, length: int) -> memoryview:
+        if self._generation != self.memory.generation:
+            self._cache.clear()
+            self._generation = self.memory.generation
+        hit = self._cache.get((addr, length))
+        if hit is not None:
+            data, offset = hit
+            return data[offset:offset + length]
+        view = self.memory.view(addr, length)
+        region = self.memory.region_at(addr)
+        if region is not None and addr + length <= region.end:
+            self._cache[(addr, length)] = (region.data, addr - region.guest_addr)
+        return view
+
+    def read_u16(self, addr: int) -> int:
+        return int.from_bytes(self.view(addr, 2), "little")
+
+
 class _Walk:
     """The state of one chain walk: descriptors, anomalies and the running checks."""
 

@@ -41,9 +41,10 @@ from ..errors import GuestMemoryError, VqtraceError
 from ..memory import GuestMemory
 from ..model import Anomaly, Chain, Layout, QueueConfig, RingState, UsedElem
 from . import anomalies as A
-from .batch import MIN_BATCH, scan_packed_batch, walk_split_batch
+from .batch import MIN_BATCH, packed_batch, split_batch
 from .chain import (
     PACKED_DESC_STRUCT,
+    AreaViews,
     MemoryBounds,
     packed_desc_available,
     packed_desc_used,
@@ -152,6 +153,7 @@ class RingTracker:
         self.config = config
         self.memory = memory
         self.bounds = MemoryBounds(memory)
+        self.areas = AreaViews(memory)  # the rings' own reads: looked up once, not on every poll
         self._in_flight: dict[int, Chain] = {}
         self._reported: set[tuple[str, int]] = set()  # (code, value): ring-level anomalies already reported
         self._pending: list[Anomaly] = []  # anomalies found at construction, reported by the first poll
@@ -263,7 +265,7 @@ class SplitTracker(RingTracker):
                 owner[index] = -1
 
     def poll(self) -> RingChanges:
-        config, memory, size = self.config, self.memory, self.config.size
+        config, areas, size = self.config, self.areas, self.config.size
         before = RingState(config.index, self.avail_idx, self.used_idx, avail_flags=self.avail_flags,
                            used_flags=self.used_flags, used_event=self.used_event, avail_event=self.avail_event)
         changes = RingChanges(config.index, before, before)
@@ -272,17 +274,18 @@ class SplitTracker(RingTracker):
             anomalies.extend(self._pending)
             self._pending = []
         try:
-            avail_flags, avail_idx, used_flags, used_idx = _split_indices(config, memory)
+            avail_flags, avail_idx, used_flags, used_idx = _split_indices(config, areas)
             if config.event_idx:
-                used_event = memory.read_u16(config.driver + AVAIL_RING + 2 * size)
-                avail_event = memory.read_u16(config.device + USED_RING + 8 * size)
+                used_event = areas.read_u16(config.driver + AVAIL_RING + 2 * size)
+                avail_event = areas.read_u16(config.device + USED_RING + 8 * size)
             else:
                 used_event = avail_event = None
         except GuestMemoryError as err:
             if self._once(A.RING_UNMAPPED, 0):
                 anomalies.append(_flag(config, A.RING_UNMAPPED, f"the rings are not in guest memory: {err}"))
             return changes
-        self._reported.discard((A.RING_UNMAPPED, 0))
+        if self._reported:
+            self._reported.discard((A.RING_UNMAPPED, 0))
         self.avail_flags, self.used_flags = avail_flags, used_flags
         self.used_event, self.avail_event = used_event, avail_event
         for name, value, code in (("available", avail_flags, avail_flags & ~1), ("used", used_flags, used_flags & ~1)):
@@ -309,8 +312,8 @@ class SplitTracker(RingTracker):
             self.avail_idx, new = avail_idx, 0
         if new:
             try:
-                table = memory.view(config.desc, SPLIT_DESC_SIZE * size)
-                ring = memory.view(config.driver + AVAIL_RING, 2 * size)
+                table = areas.view(config.desc, SPLIT_DESC_SIZE * size)
+                ring = areas.view(config.driver + AVAIL_RING, 2 * size)
             except GuestMemoryError as err:
                 anomalies.append(_flag(config, A.RING_UNMAPPED, f"the descriptor table or available ring is not in "
                                                                 f"guest memory: {err}"))
@@ -355,12 +358,29 @@ class SplitTracker(RingTracker):
                 return
         if stop > walked:
             anomalies = changes.anomalies
-            for chain in _walk_heads(self.config, self.memory, self.bounds, table, ring, (start + walked) & 0xFFFF,
-                                     stop - walked):
+            chains, entries, parts = _walk_heads(self.config, self.memory, self.bounds, table, ring,
+                                                 (start + walked) & 0xFFFF, stop - walked)
+            owner, in_flight = self._desc_owner, self._in_flight
+            for chain, part in zip(chains, parts, strict=True):
+                head = chain.id
+                if part is not None and head not in in_flight:
+                    # A chain of the batch walk (no anomaly, no loop): its descriptors, if none is held
+                    # by another chain (else _add_in_flight says which), are its own now.
+                    taken = entries[part[0]:part[1]]
+                    for index in taken:
+                        if owner[index] >= 0:
+                            for freed in taken[:taken.index(index)]:
+                                owner[freed] = -1  # as it was
+                            self._add_in_flight(chain, anomalies)
+                            break
+                        owner[index] = head
+                    else:
+                        in_flight[head] = chain
+                    continue
                 if chain.anomalies:
                     anomalies.extend(chain.anomalies)
                 self._add_in_flight(chain, anomalies)
-                changes.avail.append(chain)
+            changes.avail.extend(chains)
         pending[4] = stop
         if stop == len(heads):
             self._unwalked = None
@@ -376,7 +396,7 @@ class SplitTracker(RingTracker):
             self.used_idx = used_idx  # nothing sensible to read: resynchronise
             return
         try:
-            ring = self.memory.view(config.device + USED_RING, 8 * size)
+            ring = self.areas.view(config.device + USED_RING, 8 * size)
         except GuestMemoryError as err:
             anomalies.append(_flag(config, A.RING_UNMAPPED, f"the used ring is not in guest memory: {err}"))
             return
@@ -419,7 +439,7 @@ class SplitTracker(RingTracker):
         self.used_idx = used_idx
 
 
-def _split_indices(config: QueueConfig, memory: GuestMemory) -> tuple[int, int, int, int]:
+def _split_indices(config: QueueConfig, memory: GuestMemory | AreaViews) -> tuple[int, int, int, int]:
     """(avail flags, avail idx, used flags, used idx) as in memory now."""
     avail = memory.view(config.driver, 4)
     used = memory.view(config.device, 4)
@@ -444,7 +464,7 @@ def _split_window(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds
     except GuestMemoryError as err:
         anomalies.append(_flag(config, A.RING_UNMAPPED, f"the rings are not in guest memory: {err}"))
         return []
-    chains = _walk_heads(config, memory, bounds, table, ring, start, count)
+    chains = _walk_heads(config, memory, bounds, table, ring, start, count)[0]
     for chain in chains:
         anomalies.extend(chain.anomalies)
     return chains
@@ -459,8 +479,12 @@ def _entry_heads(ring: memoryview, start: int, count: int, size: int) -> list[in
 
 
 def _walk_heads(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds, table: memoryview,
-                ring: memoryview, start: int, count: int) -> list[Chain]:
-    """Walk the chains of avail->ring[] entries start .. start + count - 1 (numpy for many, else one by one)."""
+                ring: memoryview, start: int, count: int
+                ) -> tuple[list[Chain], list[int], list[tuple[int, int] | None]]:
+    """Walk the chains of avail->ring[] entries start .. start + count - 1 (numpy for many, else one by one).
+
+    Also the table entries a batch walk took and, per chain, its part of them (:func:`split_batch`).
+    """
     size = config.size
     first = start % size
     if first + count <= size:
@@ -468,9 +492,9 @@ def _walk_heads(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds, 
     else:
         heads = list(_u16s(ring, first, size - first)) + list(_u16s(ring, 0, count - (size - first)))
     if count >= MIN_BATCH:
-        return walk_split_batch(config, memory, heads, start, table, bounds)
+        return split_batch(config, memory, heads, start, table, bounds)
     return [walk_split_chain(config, memory, head, avail_idx=(start + k) & 0xFFFF, table=table, bounds=bounds)
-            for k, head in enumerate(heads)]
+            for k, head in enumerate(heads)], [], [None] * count
 
 
 def _u16s(ring: memoryview, first: int, count: int) -> memoryview:
@@ -542,7 +566,7 @@ class PackedTracker(RingTracker):
         changes.avail.append(chain)
 
     def poll(self) -> RingChanges:
-        config, memory, size = self.config, self.memory, self.config.size
+        config, size = self.config, self.config.size
         before = RingState(config.index, self.avail_idx, self.used_idx, self.avail_wrap, self.used_wrap,
                            avail_flags=self.avail_flags, used_flags=self.used_flags, used_event=self.used_event,
                            avail_event=self.avail_event)
@@ -552,14 +576,16 @@ class PackedTracker(RingTracker):
             anomalies.extend(self._pending)
             self._pending = []
         try:
-            ring = memory.view(config.desc, PACKED_DESC_SIZE * size)
-            driver_desc, driver_flags = EVENT_STRUCT.unpack(memory.view(config.driver, 4))
-            device_desc, device_flags = EVENT_STRUCT.unpack(memory.view(config.device, 4))
+            areas = self.areas
+            ring = areas.view(config.desc, PACKED_DESC_SIZE * size)
+            driver_desc, driver_flags = EVENT_STRUCT.unpack(areas.view(config.driver, 4))
+            device_desc, device_flags = EVENT_STRUCT.unpack(areas.view(config.device, 4))
         except GuestMemoryError as err:
             if self._once(A.RING_UNMAPPED, 0):
                 anomalies.append(_flag(config, A.RING_UNMAPPED, f"the rings are not in guest memory: {err}"))
             return changes
-        self._reported.discard((A.RING_UNMAPPED, 0))
+        if self._reported:
+            self._reported.discard((A.RING_UNMAPPED, 0))
         self.avail_flags, self.used_event = driver_flags, driver_desc
         self.used_flags, self.avail_event = device_flags, device_desc
         for name, value in (("driver", driver_flags), ("device", device_flags)):
@@ -605,10 +631,15 @@ class PackedTracker(RingTracker):
         ahead = (slot + MIN_BATCH) % size
         if size >= 2 * MIN_BATCH and room == size and packed_desc_available(
                 unpack(ring, PACKED_DESC_SIZE * ahead)[3], wrap if ahead > slot else not wrap):
-            for chain in scan_packed_batch(config, memory, slot, wrap, ring, self.bounds):
-                self._add_packed(chain, changes)
-                added += chain.ring_len
-                slot, wrap = advance(slot, wrap, chain.ring_len, size)
+            chains, added = packed_batch(config, memory, slot, wrap, ring, self.bounds)
+            in_flight = self._in_flight
+            for chain in chains:  # no anomalies: only a buffer id already in flight needs _add_packed
+                if chain.id in in_flight:
+                    self._add_packed(chain, changes)
+                else:
+                    in_flight[chain.id] = chain
+                    changes.avail.append(chain)
+            slot, wrap = advance(slot, wrap, added, size)
         while added < room:
             if not packed_desc_available(unpack(ring, PACKED_DESC_SIZE * slot)[3], wrap):
                 break

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..events import Event
 from .codec import Message
@@ -157,6 +157,18 @@ class Record:
 
 
 @dataclass
+class RecordBatch:
+    """Write what one look at a queue found (a :class:`~vqtrace.vhost.fastpath.RingBatch`: the
+    notification that made the role look, then the ring's events), without making events first."""
+
+    batch: Any
+
+    @property
+    def events(self) -> list[Event]:
+        return self.batch.events()
+
+
+@dataclass
 class Log:
     level: int
     text: str
@@ -188,7 +200,7 @@ class Signal:
     fd: int
 
 
-Command = Send | Watch | Unwatch | Attach | Close | Record | Log | SessionEnded | Signal | WakeAfter
+Command = Send | Watch | Unwatch | Attach | Close | Record | RecordBatch | Log | SessionEnded | Signal | WakeAfter
 Input = DataReceived | PeerClosed | Notified | Tick | Stop
 
 

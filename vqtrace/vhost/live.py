@@ -21,12 +21,13 @@ from typing import Any
 
 from ..errors import VhostUserError
 from ..events import Event
+from ..trace.writer import TraceWriter
 from .backend import BackendEngine
 from .engine import Peer, SessionEnded
+from .fastpath import BlockSink, FastTap
 from .loop import Loop
 from .proxy import ProxyEngine
 from .server import Server, connect_unix
-from .tap import TrackerTap
 
 log = logging.getLogger("vqtrace.vhost")
 
@@ -57,6 +58,10 @@ class Live:
         self.options = options
         self.sink = sink
         self.sink_many = sink_many
+        # A TraceWriter's own write or write_many: ring events are written as blocks, without events.
+        writer = getattr(sink_many if sink_many is not None else sink, "__self__", None)
+        self.block_sink = (BlockSink(writer) if isinstance(writer, TraceWriter)
+                           and sink in (None, writer.write) and sink_many in (None, writer.write_many) else None)
         self.log = logger or log
         self.server = Server(options.socket, self._session, once=options.once, logger=self.log)
         self.loop: Loop | None = None
@@ -102,7 +107,8 @@ class Live:
         self.engines.append(engine)
         if self.on_session is not None:
             self.on_session(engine)
-        loop = Loop(engine, sink=self.sink, poll_ms=poll_ms, logger=self.log, sink_many=self.sink_many)
+        loop = Loop(engine, sink=self.sink, poll_ms=poll_ms, logger=self.log, sink_many=self.sink_many,
+                    block_sink=self.block_sink)
         try:
             for peer, sock in peers:
                 loop.attach(peer, sock)
@@ -117,8 +123,8 @@ class Live:
         self.endings.append(ended)
         return ended
 
-    def _tap(self, config, memory, base, source) -> TrackerTap:
-        return TrackerTap(config, memory, base, source, snaplen=self.options.snaplen)
+    def _tap(self, config, memory, base, source) -> FastTap:
+        return FastTap(config, memory, base, source, snaplen=self.options.snaplen)
 
     def close(self) -> None:
         self.server.close()

@@ -32,6 +32,7 @@ from .engine import (
     Peer,
     PeerClosed,
     Record,
+    RecordBatch,
     Send,
     SessionEnded,
     Signal,
@@ -41,6 +42,7 @@ from .engine import (
     WakeAfter,
     Watch,
 )
+from .fastpath import expand
 
 log = logging.getLogger("vqtrace.vhost")
 
@@ -88,13 +90,18 @@ class Loop:
 
     def __init__(self, role: Any, *, sink: Callable[[Event], None] | None = None, poll_ms: float | None = None,
                  logger: logging.Logger | None = None,
-                 sink_many: Callable[[list[Event]], object] | None = None) -> None:
+                 sink_many: Callable[[list[Event]], object] | None = None,
+                 block_sink: Callable[[list[Any]], int] | None = None) -> None:
         self.role = role
         self.sink = sink
         # Trace events are written after each wakeup's commands (a notification is forwarded
-        # before its events are written), all in one go when ``sink_many`` is given.
+        # before its events are written), all in one go when ``sink_many`` is given, or by
+        # ``block_sink`` (a :class:`~vqtrace.vhost.fastpath.BlockSink`), which also takes the
+        # RingBatches of RecordBatch commands as they are.
         self.sink_many = sink_many
-        self._records: list[Event] = []
+        self.block_sink = block_sink
+        self._recording = sink is not None or sink_many is not None or block_sink is not None
+        self._records: list[Any] = []
         self.poll_s = poll_ms / 1000 if poll_ms else None
         self.log = logger or log
         self.selector = selectors.DefaultSelector()
@@ -198,12 +205,16 @@ class Loop:
         records, self._records = self._records, []
         if not records:
             return
+        if self.block_sink is not None:
+            self.events_recorded += self.block_sink(records)
+            return
+        events = expand(records)
         if self.sink_many is not None:
-            self.sink_many(records)
+            self.sink_many(events)
         elif self.sink is not None:
-            for event in records:
+            for event in events:
                 self.sink(event)
-        self.events_recorded += len(records)
+        self.events_recorded += len(events)
 
     def _read(self, entry: _PeerSocket) -> None:
         for _ in range(_READS_PER_WAKEUP):
@@ -261,9 +272,9 @@ class Loop:
 
     def _do(self, command: object) -> None:
         kind = command.__class__
-        if kind is Record:
-            if self.sink is not None or self.sink_many is not None:
-                self._records.append(command.event)
+        if kind is Record or kind is RecordBatch:
+            if self._recording:
+                self._records.append(command.event if kind is Record else command.batch)
                 if len(self._records) >= 512:
                     self.flush()
         elif kind is Send:

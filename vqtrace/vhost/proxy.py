@@ -47,6 +47,7 @@ from .engine import (
     Peer,
     PeerClosed,
     Record,
+    RecordBatch,
     Resources,
     Send,
     SessionEnded,
@@ -57,6 +58,7 @@ from .engine import (
     WakeAfter,
     Watch,
 )
+from .fastpath import RingBatch
 from .memview import LiveMemory
 from .state import Session
 
@@ -436,14 +438,16 @@ class ProxyEngine:
         if event.kind is Notify.KICK:
             self.session.kicked(event.queue)
         data = event.count.to_bytes(8, "little") if not inband else b""
-        out.append(Record(Event(kind, event.time_ns, self.source, queue=event.queue, direction=direction,
-                                data=data, device_type=self.device_type, channel=1 if inband else 0,
-                                features=self.session.features)))
-        self._poll_queue(event.queue, event.time_ns, out)
+        self._poll_queue(event.queue, event.time_ns, out, notify=(kind, direction, data, 1 if inband else 0))
         if event.kind is Notify.CALL and not inband:
             theirs = self.fds.get(event.queue, _Fds()).theirs.get(Notify.CALL)
             if theirs is not None:
                 out.append(Signal(theirs))
+
+    def _notify_event(self, queue: int, time_ns: int, notify: tuple[EventKind, Direction, bytes, int]) -> Event:
+        kind, direction, data, channel = notify
+        return Event(kind, time_ns, self.source, queue=queue, direction=direction, data=data,
+                     device_type=self.device_type, channel=channel, features=self.session.features)
 
     def _tick(self, time_ns: int, out: list[Command]) -> None:
         if self.poll_mode:
@@ -476,13 +480,21 @@ class ProxyEngine:
             self._wake_pending = False
             out.append(WakeAfter(None))
 
-    def _poll_queue(self, index: int, time_ns: int, out: list[Command], *, follow_up: bool = True) -> None:
+    def _poll_queue(self, index: int, time_ns: int, out: list[Command], *, follow_up: bool = True,
+                    notify: tuple[EventKind, Direction, bytes, int] | None = None) -> None:
+        """Record what queue ``index`` did since the last look (after ``notify``, the KICK or CALL that
+        made the proxy look, when one did)."""
         tap = self._tap(index, out)
         if tap is None:
+            if notify is not None:
+                out.append(Record(self._notify_event(index, time_ns, notify)))
             return
+        batch_poll = getattr(tap, "poll_batch", None)
         try:
-            events = tap.poll(time_ns)
+            events = batch_poll(time_ns) if batch_poll is not None else tap.poll(time_ns)
         except Exception as err:  # a ring reader failing must never stop the forwarding
+            if notify is not None:
+                out.append(Record(self._notify_event(index, time_ns, notify)))
             what = str(err) if isinstance(err, VqtraceError) else f"{type(err).__name__}: {err}"
             out.append(Log(logging.WARNING, f"vring {index}: cannot read the ring ({what}); not traced until it is "
                                             "set up again"))
@@ -490,9 +502,21 @@ class ProxyEngine:
             self.live_rings.discard(index)
             self.broken_rings.add(index)
             return
-        out.extend(Record(event) for event in events)
+        if events.__class__ is RingBatch:
+            found = bool(events.avail or events.used)
+            if notify is not None and events.blocks_of.features == self.session.features:
+                events.notify = (int(notify[0]), notify[2], notify[3])
+            elif notify is not None:
+                out.append(Record(self._notify_event(index, time_ns, notify)))
+            if events.notify is not None or found:
+                out.append(RecordBatch(events))
+        else:
+            found = bool(events)
+            if notify is not None:
+                out.append(Record(self._notify_event(index, time_ns, notify)))
+            out.extend(Record(event) for event in events)
         if follow_up:
-            if events:
+            if found:
                 self._followup_delay = FOLLOW_UP_FIRST
             self._follow_up(out)
 

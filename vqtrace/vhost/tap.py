@@ -11,6 +11,8 @@ request from its header without looking back) and the bytes the device wrote.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..dissectors.virtqueue import VIRTQ_DESC_F_INDIRECT as _INDIRECT
 from ..dissectors.virtqueue import VIRTQ_DESC_F_WRITE as _WRITE
 from ..errors import GuestMemoryError
@@ -40,12 +42,16 @@ class TrackerTap:
         self._readable: dict[int, tuple[Chain, bytes, bool]] = {}
         if config.layout is Layout.PACKED:
             avail, avail_wrap, used, used_wrap = p.packed_base(base)
-            self.tracker = RingTracker(config, memory, avail_idx=avail, avail_wrap=avail_wrap, used_idx=used,
-                                       used_wrap=used_wrap)
+            self.tracker = self._make_tracker(config, memory, avail_idx=avail, avail_wrap=avail_wrap, used_idx=used,
+                                              used_wrap=used_wrap)
         else:
             # The back-end starts at ``base`` (its next avail index); chains between the used
             # ring's idx and base are in flight already (a restarted or reconnected queue).
-            self.tracker = RingTracker(config, memory, avail_idx=p.split_base(base))
+            self.tracker = self._make_tracker(config, memory, avail_idx=p.split_base(base))
+
+    def _make_tracker(self, config: QueueConfig, memory: GuestMemory, **start: Any) -> RingTracker:
+        """The ring reader of the queue (a subclass may pick another RingTracker)."""
+        return RingTracker(config, memory, **start)
 
     def _bytes(self, chain: Chain, limit: int, write: int = 0) -> tuple[bytes, bool]:
         """Up to ``limit`` bytes of the chain's readable buffers (``write`` = VIRTQ_DESC_F_WRITE:
@@ -92,7 +98,8 @@ class TrackerTap:
             data, written, cut = b"", b"", False
             if chain is not None:
                 entry = kept.pop(id(chain), None)
-                data, cut = entry[1:] if entry is not None and entry[0] is chain else self._bytes(chain, self.snaplen)
+                data, cut = (entry[1], entry[2]) if entry is not None and entry[0] is chain else \
+                    self._bytes(chain, self.snaplen)
                 length = done.elem.len
                 written, cut_w = self._bytes(chain, length if length < self.snaplen else self.snaplen, _WRITE)
                 cut = cut or (cut_w and len(written) < length)

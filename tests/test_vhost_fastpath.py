@@ -1,0 +1,349 @@
+"""The live proxy's fast path equals the careful one (vqtrace.vhost.fastpath, vqtrace.vhost.records).
+
+Poll for poll, over the same memory: FastSplitTracker (lean poll, or the careful one when it
+declines) against SplitTracker, FastTap's events against TrackerTap's, RingBatch blocks against
+TraceWriter.block byte for byte. The traffic is a real driver and device (vqtrace.driver,
+DeviceQueue) with hostile writes to the rings mixed in, so anomalies of every kind show up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vqtrace.dissectors.virtqueue import VIRTQ_DESC_F_WRITE
+from vqtrace.driver import GuestDriver
+from vqtrace.errors import VqtraceError
+from vqtrace.events import Direction, Event, EventKind
+from vqtrace.memory import GuestMemory
+from vqtrace.model import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, Chain, Descriptor, UsedElem
+from vqtrace.rings import DeviceQueue, SplitTracker
+from vqtrace.trace.record import encode
+from vqtrace.trace.writer import TraceWriter
+from vqtrace.vhost.fastpath import BlockSink, FastSplitTracker, FastTap, RingBatch, expand
+from vqtrace.vhost.records import QueueBlocks, chain_bytes, split_chain_bytes
+from vqtrace.vhost.tap import TrackerTap
+
+CASES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                         HealthCheck.data_too_large])
+RAM = 1 << 20
+
+
+def chain_key(chain: Chain | None):
+    if chain is None:
+        return None
+    return (chain.id, chain.avail_idx, chain.wrap, chain.readable_len, chain.writable_len,
+            [tuple(d) for d in chain.descriptors], [anomaly_key(a) for a in chain.anomalies])
+
+
+def anomaly_key(a):
+    return (a.code, a.section, a.message, a.queue, a.id, a.address)
+
+
+def tracker_state(t: SplitTracker):
+    return (t.avail_idx, t.used_idx, t.avail_flags, t.used_flags, t.used_event, t.avail_event,
+            [(k, chain_key(c)) for k, c in t.in_flight.items()], list(t._desc_owner))
+
+
+def careful_answer(t: SplitTracker):
+    changes = t.poll()
+    return ([chain_key(c) for c in changes.avail], [(d.elem, chain_key(d.chain)) for d in changes.used],
+            [anomaly_key(a) for a in changes.anomalies])
+
+
+def fast_answer(t: FastSplitTracker):
+    lean = t.poll_lean()
+    if lean is None:
+        return careful_answer(t), False
+    found, done = lean
+    return ([chain_key(entry[0]) for entry in found],
+            [(UsedElem(t.config.index, used_id, length, idx), chain_key(chain)) for chain, used_id, length, idx in done],
+            []), True
+
+
+def event_key(e: Event):
+    return (e.kind, e.time_ns, e.source, e.queue, e.direction, e.data, e.device_type, e.channel, e.fds,
+            chain_key(e.chain), e.used, e.anomaly and anomaly_key(e.anomaly), e.written, e.role, e.features,
+            e.packed, e.truncated)
+
+
+def tracker_memory(guest: GuestDriver, split: str) -> GuestMemory:
+    """The trackers' view of guest RAM: one region, two adjacent regions, or two with a hole."""
+    data = guest.memory.regions[0].data
+    memory = GuestMemory()
+    if split == "one":
+        memory.add_buffer(0, data)
+    elif split == "adjacent":
+        memory.add_buffer(0, data[:RAM // 2])
+        memory.add_buffer(RAM // 2, data[RAM // 2:])
+    else:
+        memory.add_buffer(0, data[:RAM // 2])
+        memory.add_buffer(RAM // 2 + 0x1000, data[RAM // 2 + 0x1000:])
+    return memory
+
+
+class World:
+    """A driver and a device on one queue, and hostile writes to its rings (op by op)."""
+
+    def __init__(self, size: int, features: int, seed: int) -> None:
+        self.guest = GuestDriver.in_buffer(RAM)
+        self.queue = self.guest.queue(0, size, features=features, device_type=2)
+        self.config = self.queue.config
+        self.device = DeviceQueue(self.config, self.guest.memory)
+        self.rng = random.Random(seed)
+        self.memory = self.guest.memory
+        self.popped: list[Chain] = []  # chains the device took and has not used yet
+
+    def step(self, op: str) -> None:
+        rng, queue, memory, config = self.rng, self.queue, self.memory, self.config
+        with contextlib.suppress(VqtraceError, ValueError):
+            if op == "add":
+                readable = [rng.randbytes(rng.choice([0, 1, 16, 64])) for _ in range(rng.randint(0, 2))]
+                writable = [rng.choice([0, 1, 512, 4096]) for _ in range(rng.randint(0 if readable else 1, 2))]
+                indirect = config.indirect and rng.random() < 0.2
+                queue.add(readable, writable, indirect=indirect)
+            elif op == "use":  # the device takes what is available and uses some of what it holds
+                self.popped += self.device.pop_all()
+                rng.shuffle(self.popped)
+                count = rng.randint(1, len(self.popped)) if self.popped else 0
+                chains, self.popped = self.popped[:count], self.popped[count:]
+                pairs = []
+                for chain in chains:
+                    roll = rng.random()
+                    length = chain.writable_len if roll < 0.6 else rng.randint(0, chain.writable_len) \
+                        if roll < 0.95 else chain.writable_len + 1  # USED_LEN_TOO_LARGE
+                    for d in chain.writable:
+                        with contextlib.suppress(Exception):
+                            memory.write(d.addr, rng.randbytes(min(d.len, 32)))
+                    pairs.append((chain, length))
+                self.device.push_batch(pairs)
+            elif op == "reap":
+                queue.get_used()
+            elif op == "bad":  # a chain the driver gets wrong (a hook edits its descriptors before they are written)
+                def hook(specs, rng=rng, size=config.size):
+                    spec = rng.choice(specs)
+                    what = rng.randrange(5)
+                    if what == 0:
+                        specs[-1].flags &= ~VIRTQ_DESC_F_WRITE  # readable after writable
+                    elif what == 1:
+                        spec.next = rng.choice([0, size, 0xFFFF])  # a loop, or out of the table
+                        spec.flags |= 1
+                    elif what == 2:
+                        spec.addr = rng.choice([RAM - 4, RAM // 2 + 8, 1 << 40])  # outside guest memory
+                    elif what == 3:
+                        spec.flags |= 4  # INDIRECT
+                    else:
+                        spec.len = rng.choice([0, 1 << 31])
+                queue.add([b"r" * 16], [rng.choice([1, 64])] * 2, hook=hook)
+            elif op == "poke":  # a hostile write to a descriptor: its flags, its link, its length or address
+                entry = config.desc + 16 * rng.randrange(config.size)
+                field, value = rng.choice([
+                    (12, rng.choice([0, 1, 2, 3, 4, 5, 7, 0x8001])), (14, rng.choice([0, 1, config.size, 0xFFFF])),
+                    (8, rng.choice([0, 1 << 31, 0xFFFFFFFF])), (0, rng.choice([0, RAM - 8, RAM // 2 + 16, 1 << 40]))])
+                memory.write(entry + field, value.to_bytes(2 if field >= 12 else 4 if field == 8 else 8, "little"))
+            elif op == "ring":  # a hostile write to the rings' own fields: flags, indices, used elements
+                target = rng.choice([config.driver, config.driver + 2, config.device, config.device + 2,
+                                     config.device + 4 + 8 * rng.randrange(config.size),
+                                     config.device + 8 + 8 * rng.randrange(config.size)])
+                value = rng.choice([1, 2, 0x8000, config.size + 1, rng.randrange(1 << 16)])
+                memory.write(target, value.to_bytes(2, "little"))
+            elif op == "reuse":  # a head in flight, or any descriptor, made available again
+                if queue.in_flight and rng.random() < 0.5:
+                    queue.expose(rng.choice(queue.in_flight))
+                else:
+                    queue.expose(rng.randrange(config.size))
+
+
+OPS = st.lists(st.sampled_from(["add", "add", "add", "use", "use", "use", "reap", "poll", "poll", "poll", "poke",
+                                "ring", "reuse", "bad"]), min_size=1, max_size=40)
+SHAPES = st.tuples(st.sampled_from([4, 8, 16, 32]),
+                   st.sets(st.sampled_from([VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC])),
+                   st.sampled_from(["one", "adjacent", "hole"]), st.integers(0, 1 << 30))
+
+
+def features_of(bits) -> int:
+    return sum(1 << b for b in bits) | 1 << VIRTIO_F_VERSION_1
+
+
+@CASES
+@given(SHAPES, OPS, st.booleans())
+def test_fast_split_tracker_equals_split_tracker(shape, ops, mostly_clean):
+    size, bits, split, seed = shape
+    world = World(size, features_of(bits), seed)
+    if mostly_clean:
+        ops = [op for op in ops if op not in ("poke", "ring", "reuse", "bad")] + ["poll"]
+    memory = tracker_memory(world.guest, split)
+    ref = SplitTracker(world.config, memory, avail_idx=0)
+    fast = FastSplitTracker(world.config, memory, avail_idx=0)
+    assert fast.lean
+    leans = 0
+    for op in [*ops, "poll"]:
+        if op != "poll":
+            world.step(op)
+            continue
+        expected = careful_answer(ref)
+        got, lean = fast_answer(fast)
+        leans += lean
+        assert got == expected
+        assert tracker_state(fast) == tracker_state(ref)
+
+
+def test_lean_polls_do_the_common_case_and_decline_anomalies():
+    world = World(16, features_of([VIRTIO_F_EVENT_IDX]), 1)
+    fast = FastSplitTracker(world.config, world.memory, avail_idx=0)
+    for _ in range(5):
+        world.queue.add([b"h" * 16], [512, 1])
+    found, done = fast.poll_lean()
+    assert [entry[0].id for entry in found] == [c.id for c in fast.in_flight.values()] and not done
+    chains = world.device.pop_all()
+    world.device.push_batch([(c, c.writable_len) for c in chains])
+    found, done = fast.poll_lean()
+    assert not found and [used_id for _, used_id, _, _ in done] == [c.id for c in chains]
+    assert len(world.queue.get_used()) == 5 and not fast.in_flight
+    # the driver publishes a head that is still in flight: the lean poll declines, the careful one names it
+    world.queue.add([b"h" * 16], [512])
+    world.queue.expose(world.queue.in_flight[-1])
+    before = tracker_state(fast)
+    assert fast.poll_lean() is None
+    after = tracker_state(fast)
+    assert after[:2] + after[6:] == before[:2] + before[6:]  # undone (the flags it read are the ring's now)
+    assert [a.code for a in fast.poll().anomalies] == ["HEAD_REUSED_IN_FLIGHT"]
+
+
+@CASES
+@given(SHAPES, OPS, st.sampled_from([65536, 16, 1, 600]))
+def test_fast_tap_events_equal_tracker_tap_events(shape, ops, snaplen):
+    size, bits, split, seed = shape
+    world = World(size, features_of(bits), seed)
+    memory = tracker_memory(world.guest, split)
+    ref = TrackerTap(world.config, memory, 0, "q", snaplen=snaplen)
+    fast = FastTap(world.config, memory, 0, "q", snaplen=snaplen)
+    for n, op in enumerate([*ops, "poll"]):
+        if op != "poll":
+            world.step(op)
+            continue
+        expected = ref.poll(n)
+        got = fast.poll_batch(n)
+        events = got.events() if isinstance(got, RingBatch) else got
+        assert [event_key(e) for e in events] == [event_key(e) for e in expected]
+
+
+# -- the blocks ---------------------------------------------------------------------------------
+
+
+@st.composite
+def ring_events(draw):
+    queue = draw(st.integers(0, 0xFFFF))
+    device_type = draw(st.sampled_from([0, 1, 2, 3, 8, 19]))
+    features = draw(st.integers(0, (1 << 128) - 1) | st.sampled_from([0, 1 << 32, 1 << 34 | 1 << 32]))
+    packed = draw(st.booleans())
+    ndesc = draw(st.integers(1, 12))
+    descs = [Descriptor(addr=draw(st.integers(0, (1 << 64) - 1)), len=draw(st.integers(0, (1 << 32) - 1)),
+                        flags=draw(st.integers(0, 0xFFFF)) & ~4, index=draw(st.integers(0, 0x7FFF)),
+                        next=draw(st.integers(0, 0xFFFF))) for _ in range(ndesc)]
+    readable = sum(d.len for d in descs if not d.flags & VIRTQ_DESC_F_WRITE) & 0xFFFFFFFF
+    writable = sum(d.len for d in descs if d.flags & VIRTQ_DESC_F_WRITE) & 0xFFFFFFFF
+    chain = Chain(queue, draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFF)), descs, readable_len=readable,
+                  writable_len=writable)
+    data, written = draw(st.binary(max_size=300)), draw(st.binary(max_size=300))
+    used = UsedElem(queue, chain.id, draw(st.integers(0, (1 << 32) - 1)), draw(st.integers(0, 0xFFFF)))
+    return queue, device_type, features, packed, chain, data, written, used, draw(st.booleans()), draw(st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(ring_events(), st.integers(0, (1 << 63) - 1), st.integers(0, 5), st.binary(max_size=12),
+       st.sampled_from(["KICK", "CALL"]), st.integers(0, 1))
+def test_blocks_equal_the_writers_blocks(case, time_ns, iface, count, notify, channel):
+    queue, device_type, features, packed, chain, data, written, used, cut_a, cut_u = case
+    blocks = QueueBlocks("src", queue, device_type, features, packed)
+    args = [x for d in chain.descriptors for x in (d.addr, d.len, d.flags, d.index, d.next)]
+    cbytes = split_chain_bytes(chain.id, chain.avail_idx, chain.readable_len, chain.writable_len,
+                               len(chain.descriptors), args)
+    assert cbytes == chain_bytes(chain)
+    batch = RingBatch(blocks, time_ns, [(chain, data, cut_a, cbytes, None)],
+                      [(chain, used.id, used.len, used.used_idx, cbytes, data, written, cut_u)])
+    batch.notify = (int(EventKind[notify]), count, channel)
+    events = batch.events()
+    assert [e.kind for e in events] == [EventKind[notify], EventKind.AVAIL, EventKind.USED]
+    assert events[0].direction is (Direction.TO_DEVICE if notify == "KICK" else Direction.TO_DRIVER)
+    assert events[2].used == used and events[1].chain is chain and events[2].written == written
+
+    class Writer(TraceWriter):  # TraceWriter.block with the interface number asked for
+        def __init__(self) -> None:
+            self.snaplen, self._interfaces, self._descriptions = 0, {"src": iface}, {}
+
+    writer = Writer()
+    assert batch.blocks(iface) == [writer.block(e) for e in events]
+    for block, event in zip(batch.blocks(iface), events, strict=True):
+        size = struct.unpack_from("<I", block, 20)[0]
+        assert block[28:28 + size] == encode(event)
+
+
+def test_block_sink_writes_what_the_writer_would(tmp_path):
+    world = World(16, features_of([VIRTIO_F_EVENT_IDX]), 7)
+    tap = FastTap(world.config, world.memory, 0, "queue0", snaplen=100)
+    first = Event(EventKind.VHOST_USER, 5, "queue0", data=b"\x01" * 12)
+    records: list = [first]
+    for n in range(6):
+        world.step("add")
+        world.step("add")
+        world.step("use")
+        world.step("reap")
+        batch = tap.poll_batch(10 + n)
+        if isinstance(batch, RingBatch):
+            batch.notify = (int(EventKind.CALL), (n + 1).to_bytes(8, "little"), 0)
+            records.append(batch)
+        else:  # a careful poll (the world's device used more than a chain holds): its events
+            records.extend(batch)
+        records.append(Event(EventKind.VHOST_USER, 20 + n, "other", data=b"\x02" * 12))
+    assert sum(len(r.avail) + len(r.used) for r in records if isinstance(r, RingBatch)) > 10
+    fast_path, slow_path = tmp_path / "fast.pcapng", tmp_path / "slow.pcapng"
+    with TraceWriter(fast_path, snaplen=0) as writer:
+        assert BlockSink(writer)(records) == len(expand(records)) == writer.count
+    with TraceWriter(slow_path, snaplen=0) as writer:
+        writer.write_many(expand(records))
+    assert fast_path.read_bytes() == slow_path.read_bytes()
+    # a writer that cuts the bytes further than the tap did: its own blocks, the same bytes
+    with TraceWriter(fast_path, snaplen=8) as writer:
+        BlockSink(writer)(records)
+    with TraceWriter(slow_path, snaplen=8) as writer:
+        writer.write_many(expand(records))
+    assert fast_path.read_bytes() == slow_path.read_bytes()
+
+
+def test_lean_poll_follows_memory_table_changes(tmp_path):
+    """REM_MEM_REG / ADD_MEM_REG while the queue runs: the cached views are looked up again."""
+    fd = os.memfd_create("ram")
+    os.ftruncate(fd, RAM)
+    guest = GuestDriver.in_memfd(RAM)
+    queue = guest.queue(0, 8, features=features_of([]))
+    memory = GuestMemory()
+    memory.add_fd(guest.fd, 0, RAM)
+    tap = FastTap(queue.config, memory, 0, "q")
+    device = DeviceQueue(queue.config, guest.memory)
+    queue.add([b"a" * 16], [8])
+    assert len(tap.poll_batch(1).avail) == 1
+    memory.remove(0)
+    memory.add_fd(guest.fd, 0, RAM)
+    device.push(device.pop(), 8)
+    batch = tap.poll_batch(2)
+    assert isinstance(batch, RingBatch) and len(batch.used) == 1 and batch.used[0][6] == bytes(8)
+    memory.remove(0)  # the rings are gone: the careful poll says so, once
+    got = tap.poll_batch(3)
+    assert [e.anomaly.code for e in got] == ["RING_UNMAPPED"]
+    memory.close()
+    guest.close()
+    os.close(fd)
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_in_order_queues_are_read_carefully(in_order):
+    world = World(8, features_of([VIRTIO_F_EVENT_IDX]) | (1 << 35 if in_order else 0), 3)
+    fast = FastSplitTracker(world.config, world.memory, avail_idx=0)
+    assert fast.lean is not in_order

@@ -1,0 +1,126 @@
+"""Trace blocks of one queue's ring events without Event objects: the live proxy's hot path.
+
+A live proxy writes, per request, an AVAIL and a USED record (and a KICK or CALL per
+notification), all of one queue: their record headers differ only in kind and the
+TRUNCATED flag, so :class:`QueueBlocks` packs them once, and builds each whole pcapng
+Enhanced Packet Block (the block header, the record, padding, the trailer) in one
+join. The bytes are those of :meth:`vqtrace.trace.writer.TraceWriter.block` for the
+same event (``tests/test_vhost_records.py`` holds them equal, byte for byte, and the
+records equal to :func:`vqtrace.trace.record.encode`). Layouts: dissectors/record.py
+(docs/trace-format.md); the block: draft-ietf-opsawg-pcapng, "Enhanced Packet Block".
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..dissectors import record as layout
+from ..events import Direction, EventKind
+from ..trace.roles import queue_role
+
+_M64 = (1 << 64) - 1
+EPB_TYPE = 6  # pcapng Enhanced Packet Block
+_EPB = "IIIIIII"  # type, total length, interface, timestamp high, low, captured length, original length
+_EPB_HDR = struct.Struct("<" + _EPB + "40s")  # ... then the 40-byte record header
+_EPB_HDR_USED = struct.Struct("<" + _EPB + "40s" + layout.USED_STRUCT.format.lstrip("<"))
+_U32 = struct.Struct("<I")
+_CHAIN_FMT = layout.CHAIN_STRUCT.format.lstrip("<")
+# A chain's descriptors as the record stores them (DESC_STRUCT: addr, len, flags, index, next, id,
+# in_indirect, 3 padding): for a split chain read from the table id and in_indirect are 0.
+_SPLIT_DESC_FMT = "QIHHH6x"
+_EMPTY = b""
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
+_Z4, _Z8 = bytes(4), bytes(8)
+AVAIL, USED, KICK, CALL = int(EventKind.AVAIL), int(EventKind.USED), int(EventKind.KICK), int(EventKind.CALL)
+_HEAD_SIZE = layout.HEADER_SIZE
+assert struct.calcsize("<" + _SPLIT_DESC_FMT) == layout.DESC_SIZE
+
+
+def _split_chain_struct(ndesc: int) -> struct.Struct:
+    return struct.Struct("<" + _CHAIN_FMT + _SPLIT_DESC_FMT * ndesc)
+
+
+_CHAIN_STRUCTS = [_split_chain_struct(n) for n in range(9)]
+
+
+def split_chain_bytes(head: int, avail_idx: int, readable_len: int, writable_len: int, ndesc: int,
+                      args: list[int]) -> bytes:
+    """The record's chain part of a split chain of direct descriptors: ``args`` holds ``addr, len,
+    flags, index, next`` of each of its ``ndesc`` descriptors, in order."""
+    st = _CHAIN_STRUCTS[ndesc] if ndesc < 9 else _split_chain_struct(ndesc)
+    return st.pack(head & 0xFFFF, avail_idx & 0xFFFF, 0, ndesc & 0xFFFF, readable_len & 0xFFFFFFFF,
+                   writable_len & 0xFFFFFFFF, *args)
+
+
+def chain_bytes(chain) -> bytes:
+    """The record's chain part of any :class:`~vqtrace.model.Chain` (indirect tables, packed lists)."""
+    items = chain.descriptors
+    desc = layout.DESC_STRUCT.pack
+    return layout.CHAIN_STRUCT.pack(
+        chain.id & 0xFFFF, chain.avail_idx & 0xFFFF, layout.CHAIN_WRAP if chain.wrap else 0, len(items) & 0xFFFF,
+        chain.readable_len & 0xFFFFFFFF, chain.writable_len & 0xFFFFFFFF) + b"".join(
+        [desc(d.addr & _M64, d.len & 0xFFFFFFFF, d.flags & 0xFFFF, d.index & 0xFFFF, d.next & 0xFFFF,
+              d.id & 0xFFFF, 1 if d.in_indirect else 0) for d in items])
+
+
+class QueueBlocks:
+    """The blocks of one queue's ring and notification events (one source, device type, feature set).
+
+    ``packed`` is the layout flag ring events carry; notifications (KICK, CALL) carry the
+    features but not the flag, as the proxy records them. ``snaplen`` is what the recorder
+    cut the bytes at (a writer with a smaller one would cut them further).
+    """
+
+    __slots__ = ("_avail", "_avail_cut", "_notify", "_used", "_used_cut", "device_type", "features", "packed",
+                 "queue", "snaplen", "source")
+
+    def __init__(self, source: str, queue: int, device_type: int, features: int, packed: bool,
+                 snaplen: int = 0) -> None:
+        self.source, self.queue, self.device_type, self.features, self.packed = (source, queue, device_type,
+                                                                                 features, packed)
+        self.snaplen = snaplen  # the snap length the recorder cut the bytes at (0: none)
+        role = queue_role(device_type, queue, features, None)
+
+        def header(kind: int, direction: int, flags: int, channel: int = 0) -> bytes:
+            return layout.HEADER.pack(layout.RECORD_VERSION, kind, direction, flags, _HEAD_SIZE, queue & 0xFFFF,
+                                      device_type & 0xFFFF, role & 0xFF, channel, 0, features & _M64,
+                                      (features >> 64) & _M64, 0, 0)
+
+        ring = layout.FLAG_QUEUE | (layout.FLAG_PACKED if packed else 0)
+        cut = ring | layout.FLAG_TRUNCATED
+        self._avail = header(AVAIL, Direction.TO_DEVICE, ring)
+        self._avail_cut = header(AVAIL, Direction.TO_DEVICE, cut)
+        self._used = header(USED, Direction.TO_DRIVER, ring)
+        self._used_cut = header(USED, Direction.TO_DRIVER, cut)
+        self._notify = {(kind, channel): header(kind, direction, layout.FLAG_QUEUE, channel)
+                        for kind, direction in ((KICK, Direction.TO_DEVICE), (CALL, Direction.TO_DRIVER))
+                        for channel in (0, 1)}
+
+    def avail(self, iface: int, ts_hi: int, ts_lo: int, chain: bytes, readable: bytes, cut: bool) -> bytes:
+        """The block of an AVAIL record: ``chain`` (its chain part) and the readable bytes kept."""
+        size = _HEAD_SIZE + len(chain) + 12 + len(readable)
+        pad = -size & 3
+        total = 32 + size + pad
+        return b"".join((_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
+                                       self._avail_cut if cut else self._avail),
+                         chain, _U32.pack(len(readable)), readable, _Z8, _PAD[pad], _U32.pack(total)))
+
+    def used(self, iface: int, ts_hi: int, ts_lo: int, used_id: int, used_len: int, used_idx: int, chain: bytes,
+             readable: bytes, written: bytes, cut: bool) -> bytes:
+        """The block of a USED record (a chain known to be in flight: ``chain`` is its chain part)."""
+        size = _HEAD_SIZE + 12 + len(chain) + 12 + len(readable) + len(written)
+        pad = -size & 3
+        total = 32 + size + pad
+        return b"".join((_EPB_HDR_USED.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
+                                            self._used_cut if cut else self._used, used_id & 0xFFFFFFFF,
+                                            used_len & 0xFFFFFFFF, used_idx & 0xFFFF),
+                         chain, _U32.pack(len(readable)), readable, _U32.pack(len(written)), written, _Z4,
+                         _PAD[pad], _U32.pack(total)))
+
+    def notify(self, iface: int, ts_hi: int, ts_lo: int, kind: int, channel: int, data: bytes) -> bytes:
+        """The block of a KICK or CALL record (``data``: the 8-byte eventfd counter, or empty in band)."""
+        body = data[:8] if len(data) >= 8 else _EMPTY
+        size = _HEAD_SIZE + len(body)
+        total = 32 + size  # 40 or 48: a multiple of 4
+        return b"".join((_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
+                                       self._notify[kind, channel & 1]), body, _U32.pack(total)))
