@@ -10,7 +10,9 @@ from other processes on the machine hits both alike. Figures:
 
 - ``live_direct_iops_qd{1,32}`` / ``live_proxy_iops_qd{1,32}`` (IOPS),
 - ``live_proxy_iops_ratio_qd{1,32}``: proxy IOPS / direct IOPS (x; the aim is >= 0.9 at qd32),
-- ``live_proxy_added_median_latency_qd{1,32}``: proxy median latency - direct (us).
+- ``live_proxy_added_median_latency_qd{1,32}``: proxy median latency - direct (us),
+- ``live_proxy_cpu_per_request_qd{1,32}``: CPU time (user + system) the proxy process spent per
+  request during the measured window of its best run (us; /proc/PID/stat, 10 ms ticks).
 
 JSON lines on stdout; ``--quick`` runs shorter. Needs qemu-storage-daemon (prints nothing
 and exits 0 without it, with a note on stderr).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,10 +38,17 @@ from vqtrace.vhost.load import LoadResult, RandomReads
 IMAGE_SIZE = 64 << 20
 
 
-def measure(socket_path: Path, depth: int, seconds: float) -> LoadResult:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(socket_path: Path, depth: int, seconds: float, probe=None) -> LoadResult:
     client = BlkClient.connect(socket_path, queue_size=128)
     try:
-        return RandomReads(client, depth).run(seconds)
+        return RandomReads(client, depth).run(seconds, probe=probe)
     finally:
         client.close()
 
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     best: dict[str, LoadResult] = {}
                     for _ in range(rounds):
                         for name, path in (("direct", qsd.socket), ("proxy", proxy_sock)):
-                            result = measure(path, depth, seconds)
+                            result = measure(path, depth, seconds, lambda: cpu_seconds(proxy.pid))
                             if result.errors:
                                 raise SystemExit(f"bench_live: {result.errors} reads failed ({name}, qd{depth})")
                             if name not in best or result.iops > best[name].iops:
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                     figure(f"live_proxy_iops_ratio_qd{depth}", traced.iops / direct.iops, "x")
                     figure(f"live_proxy_added_median_latency_qd{depth}",
                            traced.median_latency_us - direct.median_latency_us, "us")
+                    if traced.probed is not None and traced.probed[2]:
+                        opened, closed, requests = traced.probed
+                        figure(f"live_proxy_cpu_per_request_qd{depth}", (closed - opened) / requests * 1e6, "us")
             finally:
                 proxy.terminate()
                 try:

@@ -76,6 +76,7 @@ def bench_tracker(layout: Layout, size: int, kind: str, seconds: float) -> tuple
         assert len(changes.avail) == chains and not changes.used and not changes.anomalies, changes
         avail_n += chains
         device.push_batch([(chain, 0) for chain in device.pop_all()])
+        changes = None  # (freeing the last round's objects is not the next poll's work)
         start = clock()
         changes = tracker.poll()
         used_s += clock() - start
@@ -83,6 +84,7 @@ def bench_tracker(layout: Layout, size: int, kind: str, seconds: float) -> tuple
         assert all(done.chain is not None for done in changes.used)
         used_n += chains
         assert len(queue.get_used()) == chains
+        changes = None
     return avail_n / avail_s, used_n / used_s
 
 

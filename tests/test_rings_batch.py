@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vqtrace.dissectors.virtqueue import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from vqtrace.driver import GuestDriver
+from vqtrace.driver import Allocator, GuestDriver
 from vqtrace.errors import VqtraceError
 from vqtrace.memory import GuestMemory
 from vqtrace.model import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC, Layout, QueueConfig
@@ -268,3 +268,56 @@ def test_packed_batch_finds_any_bad_entry(size, chain, slot, wrap, bad):
     assert taken == total <= size
     if not bad and size % chain == 0:
         assert total == size  # nothing wrong: the whole ring in one batch
+
+
+def _pair(size: int = 64):
+    guest = GuestDriver.in_buffer(MEMORY)
+    queue = guest.queue(0, size)
+    return queue, RingTracker(queue.config, guest.memory), RingTracker(queue.config, guest.memory)
+
+
+def _both(batched, single):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        changes = _poll(batched, BATCH_ALWAYS, monkeypatch)
+        assert _summary(changes) == _summary(_poll(single, BATCH_NEVER, monkeypatch))
+    _same_trackers(batched, single)
+    return changes
+
+
+def test_a_run_of_descriptors_in_flight_taken_again():
+    """A chain laid out in table order (taken as one run) over descriptors of a chain in flight."""
+    queue, batched, single = _pair()
+    queue.add([b"a", b"b"], [8, 8])  # descriptors 0 1 2 3
+    _both(batched, single)
+    ids = [queue.add([b"x"], [8]) for _ in range(8)]
+    queue.expose(1)  # 1 -> 2 -> 3, all still the first chain's
+    changes = _both(batched, single)
+    assert [c.id for c in changes.avail] == [*ids, 1]
+    assert [a.code for a in changes.anomalies] == ["DESC_REUSED_IN_FLIGHT"] * 3
+    assert batched._desc_owner[1:4] == [1, 1, 1]
+
+
+def test_a_loop_among_short_chains():
+    """Short chains are walked descriptor by descriptor: a loop among them ends in the careful walker."""
+    queue, batched, single = _pair(32)
+    ids = [queue.add([b"x"], []) for _ in range(20)]
+    queue.write_desc(31, 0x1000, 4, VIRTQ_DESC_F_NEXT, 30)
+    queue.write_desc(30, 0x1000, 4, VIRTQ_DESC_F_NEXT, 31)
+    queue.expose(31)
+    changes = _both(batched, single)
+    assert [c.id for c in changes.avail] == [*ids, 31]
+    assert [a.code for a in changes.anomalies] == ["DESC_LOOP"]
+
+
+def test_memory_in_two_regions():
+    """Guest memory in two regions: the batch walks hand every chain to the careful walkers."""
+    memory = GuestMemory()
+    memory.add_buffer(0, bytearray(MEMORY))
+    memory.add_buffer(MEMORY + 0x100000, bytearray(0x10000))
+    guest = GuestDriver(memory, Allocator(0, MEMORY))
+    for layout in (Layout.SPLIT, Layout.PACKED):
+        queue = guest.queue(layout is Layout.PACKED, 32, layout=layout)
+        batched, single = RingTracker(queue.config, memory), RingTracker(queue.config, memory)
+        ids = [queue.add([b"x" * 16], [8]) for _ in range(16)]
+        changes = _both(batched, single)
+        assert [c.id for c in changes.avail] == ids and not changes.anomalies

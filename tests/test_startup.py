@@ -123,6 +123,21 @@ def test_scan_flags_are_the_virtqueue_layout_flags():
     assert sum(virtqueue.PACKED_DESC_FLAGS.values()) == scan.PACKED_FLAG_BITS
 
 
+def test_model_flags_are_the_virtqueue_layout_flags():
+    from vqtrace import model
+    from vqtrace.dissectors import virtqueue
+
+    assert model.VIRTQ_DESC_F_NEXT == virtqueue.VIRTQ_DESC_F_NEXT
+    assert model.VIRTQ_DESC_F_WRITE == virtqueue.VIRTQ_DESC_F_WRITE
+    assert model.VIRTQ_DESC_F_INDIRECT == virtqueue.VIRTQ_DESC_F_INDIRECT
+
+
+def test_dump_scan_does_not_load_construct(tmp_path):
+    page = tmp_path / "page.raw"
+    page.write_bytes(bytes(4096))
+    assert "construct" not in cli("dump", "scan", str(page), "--base", "0")
+
+
 def test_parser_for_one_command_equals_the_full_one():
     from vqtrace import cli
 

@@ -26,8 +26,8 @@ from vqtrace.model import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_V
 from vqtrace.rings import DeviceQueue, SplitTracker
 from vqtrace.trace.record import encode
 from vqtrace.trace.writer import TraceWriter
-from vqtrace.vhost.fastpath import BlockSink, FastSplitTracker, FastTap, RingBatch, expand
-from vqtrace.vhost.records import QueueBlocks, chain_bytes, split_chain_bytes
+from vqtrace.vhost.fastpath import E_CHAIN, E_HEAD, BlockSink, FastSplitTracker, FastTap, RingBatch, chain_of, expand
+from vqtrace.vhost.records import QueueBlocks, chain_and_readable, chain_bytes, sized, split_chain_bytes
 from vqtrace.vhost.tap import TrackerTap
 
 CASES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -62,8 +62,14 @@ def fast_answer(t: FastSplitTracker):
     if lean is None:
         return careful_answer(t), False
     found, done = lean
-    return ([chain_key(entry[0]) for entry in found],
-            [(UsedElem(t.config.index, used_id, length, idx), chain_key(chain)) for chain, used_id, length, idx in done],
+    queue = t.config.index
+
+    def chain(item):
+        return chain_of(item, queue) if isinstance(item, list) else item
+
+    return ([chain_key(chain(entry)) for entry in found],
+            [(UsedElem(queue, used_id, length, idx), chain_key(chain(item)))
+             for item, used_id, length, idx, _, _ in done],
             []), True
 
 
@@ -200,11 +206,12 @@ def test_lean_polls_do_the_common_case_and_decline_anomalies():
     for _ in range(5):
         world.queue.add([b"h" * 16], [512, 1])
     found, done = fast.poll_lean()
-    assert [entry[0].id for entry in found] == [c.id for c in fast.in_flight.values()] and not done
+    assert [entry[E_HEAD] for entry in found] == [c.id for c in fast.in_flight.values()] and not done
+    assert all(isinstance(entry, list) and entry[E_CHAIN] is not None for entry in found)  # made by in_flight
     chains = world.device.pop_all()
     world.device.push_batch([(c, c.writable_len) for c in chains])
     found, done = fast.poll_lean()
-    assert not found and [used_id for _, used_id, _, _ in done] == [c.id for c in chains]
+    assert not found and [item[1] for item in done] == [c.id for c in chains]
     assert len(world.queue.get_used()) == 5 and not fast.in_flight
     # the driver publishes a head that is still in flight: the lean poll declines, the careful one names it
     world.queue.add([b"h" * 16], [512])
@@ -266,8 +273,10 @@ def test_blocks_equal_the_writers_blocks(case, time_ns, iface, count, notify, ch
     cbytes = split_chain_bytes(chain.id, chain.avail_idx, chain.readable_len, chain.writable_len,
                                len(chain.descriptors), args)
     assert cbytes == chain_bytes(chain)
-    batch = RingBatch(blocks, time_ns, [(chain, data, cut_a, cbytes, None)],
-                      [(chain, used.id, used.len, used.used_idx, cbytes, data, written, cut_u)])
+    shared = chain_and_readable(cbytes, data)
+    entry = [chain.id, chain.avail_idx, args, [d.index for d in chain.descriptors], chain.readable_len,
+             chain.writable_len, data, cut_a, shared, None, chain]
+    batch = RingBatch(blocks, time_ns, [entry], [[entry, used.id, used.len, used.used_idx, sized(written), cut_u]])
     batch.notify = (int(EventKind[notify]), count, channel)
     events = batch.events()
     assert [e.kind for e in events] == [EventKind[notify], EventKind.AVAIL, EventKind.USED]
@@ -279,10 +288,16 @@ def test_blocks_equal_the_writers_blocks(case, time_ns, iface, count, notify, ch
             self.snaplen, self._interfaces, self._descriptions = 0, {"src": iface}, {}
 
     writer = Writer()
-    assert batch.blocks(iface) == [writer.block(e) for e in events]
-    for block, event in zip(batch.blocks(iface), events, strict=True):
-        size = struct.unpack_from("<I", block, 20)[0]
-        assert block[28:28 + size] == encode(event)
+    parts: list = []
+    batch.blocks(parts, iface)
+    joined = b"".join(parts)
+    assert joined == b"".join(writer.block(e) for e in events)
+    at = 0
+    for event in events:  # each block's record is encode(event)
+        total, size = struct.unpack_from("<I", joined, at + 4)[0], struct.unpack_from("<I", joined, at + 20)[0]
+        assert joined[at + 28:at + 28 + size] == encode(event)
+        at += total
+    assert at == len(joined)
 
 
 def test_block_sink_writes_what_the_writer_would(tmp_path):
@@ -333,7 +348,7 @@ def test_lean_poll_follows_memory_table_changes(tmp_path):
     memory.add_fd(guest.fd, 0, RAM)
     device.push(device.pop(), 8)
     batch = tap.poll_batch(2)
-    assert isinstance(batch, RingBatch) and len(batch.used) == 1 and batch.used[0][6] == bytes(8)
+    assert isinstance(batch, RingBatch) and len(batch.used) == 1 and batch.events()[-1].written == bytes(8)
     memory.remove(0)  # the rings are gone: the careful poll says so, once
     got = tap.poll_batch(3)
     assert [e.anomaly.code for e in got] == ["RING_UNMAPPED"]

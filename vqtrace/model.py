@@ -11,7 +11,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .dissectors.virtqueue import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+# virtio 1.4, 2.7.5: descriptor flags. Declared again here (not imported from
+# dissectors.virtqueue) so the model does not pull construct into every command;
+# tests/test_startup.py holds them equal to the layout's.
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
 
 # Transport feature bits the ring readers depend on (virtio 1.4, 6 "Reserved Feature Bits").
 VIRTIO_F_INDIRECT_DESC = 28

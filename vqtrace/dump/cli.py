@@ -91,10 +91,10 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def _device_type(name: str | None) -> tuple[int, str]:
-    from ..dissectors.features import find_device
-
     if not name:
         return 0, ""
+    from ..dissectors.features import find_device
+
     device = find_device(name)
     if device is None or device.id == 0:
         raise UsageError(f"--device {name!r}: unknown device type (try blk, net, console, rng, balloon, scsi, vsock)")

@@ -211,8 +211,9 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     return out
 
 
-_STOP = 1 << 16  # in a step list: the chain ends here (no NEXT); any value >= the queue size stops a walk
-_BAD = 1 << 62  # in a weight list: walk this chain carefully (summed, it stays >= _BAD)
+_STOP = 1 << 16  # in a step list: the chain ends here (no NEXT)
+_CAREFUL = 1 << 17  # in a step list: a chain through this entry is walked carefully
+_M64 = (1 << 64) - 1
 _M32 = np.uint64(0xFFFFFFFF)
 _U32, _U16 = np.uint64(32), np.uint64(16)
 _NEXT, _WRITE = np.uint64(VIRTQ_DESC_F_NEXT), np.uint64(VIRTQ_DESC_F_WRITE)
@@ -220,13 +221,19 @@ _CHAINED = np.uint64(VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE)
 _ONE = np.uint64(1)
 #: Bits of (len | flags << 32 | next << 48) that rule an entry out: INDIRECT, and a len of SMALL_LEN or more.
 _RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 32 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
+_ENTRIES: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> ([1, 2, ..., size] u64, [0, 1, ...] intp)
 
 
-def _split_entries(raw: bytes, size: int, lo: int, hi: int) -> tuple[list[int], list[int]]:
-    """Per entry of a split descriptor table (2.7.5): the entry its NEXT links to (``_STOP`` without NEXT),
-    and its weight: ``len << 32`` (readable) or ``len`` (writable), ``_BAD`` when a chain through it must
-    be walked carefully: INDIRECT, too long, outside [lo, hi), or writable and linking to a readable one
-    (2.7.4.2). A NEXT link out of the table shows as a step of ``size`` or more.
+def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
+                   ) -> tuple[list[int], list[int], list[int] | None]:
+    """Per entry of a split descriptor table (2.7.5): the entry its NEXT links to (``_STOP`` without NEXT,
+    ``_CAREFUL`` when a chain through it must be walked carefully: INDIRECT, too long, outside [lo, hi),
+    a link out of the table, or writable and linking to a readable one, 2.7.4.2); and its weight:
+    ``len << 32`` (readable) or ``len`` (writable), as prefix sums modulo 2^64 (``size + 1`` of them).
+
+    With ``runs``, also the last entry of the run from each one: the entries after it that each link to
+    the next one in the table (as a driver that allocates in order lays chains out), so that a walk
+    takes a run in one step.
 
     Few numpy calls (they, not the entries, cost; ``argmax`` is much cheaper than ``any``/``max``):
     the checks run over the whole table at once and only when one fails is the culprit found.
@@ -235,21 +242,31 @@ def _split_entries(raw: bytes, size: int, lo: int, hi: int) -> tuple[list[int], 
     addr, meta = words[0::2], words[1::2]  # addr; len | flags << 32 | next << 48
     high = meta >> _U32  # flags | next << 16
     nxt = high >> _U16
-    step = np.where(high & _NEXT, nxt, _STOP).tolist()
+    step = np.where(high & _NEXT, nxt, _STOP)
     length = meta & _M32
     write = high & _WRITE
-    weight = np.where(write, length, length << _U32)
-    # where a link out of the table points does not matter (the walk stops there): any entry will do
+    prefix = np.zeros(size + 1, dtype=np.uint64)
+    np.cumsum(np.where(write, length, length << _U32), out=prefix[1:])  # wraps at 2^64: differences hold
+    # where a link out of the table points does not matter (it is ruled out): any entry will do
     target = nxt & np.uint64(size - 1) if not size & (size - 1) else np.minimum(nxt, np.uint64(size - 1))
     reads_after = ((high & _CHAINED) | (write[target] << _ONE)) == _CHAINED  # NEXT, WRITE, then not WRITE
     ruled_out = meta & _RULED_OUT
     end = addr + length
     np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
+    link_out = (step >= size) & (step != _STOP)
     if ruled_out[ruled_out.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
-            or reads_after[reads_after.argmax()]:
+            or reads_after[reads_after.argmax()] or link_out[link_out.argmax()]:
         outside = ((end > hi) | (addr < lo)) & (length != 0)
-        weight[(ruled_out != 0) | outside | reads_after] = _BAD
-    return step, weight.tolist()
+        step[(ruled_out != 0) | outside | reads_after | link_out] = _CAREFUL
+    run_end = None
+    if runs:
+        entries = _ENTRIES.get(size)
+        if entries is None:
+            entries = _ENTRIES[size] = (np.arange(1, size + 1, dtype=np.uint64), np.arange(size, dtype=np.intp))
+        # the last entry always ends a run: a link to ``size`` is ruled out
+        breaks = (step != entries[0]).nonzero()[0]
+        run_end = breaks[breaks.searchsorted(entries[1])].tolist()
+    return step.tolist(), prefix.tolist(), run_end
 
 
 def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
@@ -275,10 +292,12 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
                                     bounds=bounds) for k, h in enumerate(heads)], [], [None] * len(heads)
     lo, hi = single
     raw = bytes(table)  # a copy: later ring writes do not show
-    step, weight = _split_entries(raw, size, lo, hi)
+    runs = len(heads) * 4 <= size  # long chains (on average): walk them run by run
+    step, prefix, run_end = _split_entries(raw, size, lo, hi, runs)
     walked: list[int] = []
-    append = walked.append
-    steps = range(min(MAX_STEPS, size) - 1)
+    append, extend = walked.append, walked.extend
+    limit = min(MAX_STEPS, size)
+    steps = range(limit - 1)
     source = _Rows(np.frombuffer(raw, dtype=SPLIT_DTYPE, count=size), walked, walked, False)
     lazy = Chain.lazy
     chains: list[Chain | None] = []
@@ -288,19 +307,45 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
     add_chain, add_part = chains.append, parts.append
     for k, head in enumerate(heads, first_idx):
         if head < size:
-            append(head)
-            total = weight[head]
-            i = step[head]
-            if i < size:
-                for _ in steps:
-                    append(i)
-                    total += weight[i]
-                    i = step[i]
+            if run_end is not None:  # run by run
+                i, total, n = head, 0, 0
+                while True:
+                    e = run_end[i]
+                    n += e - i + 1
+                    if n > limit:
+                        i = 0  # longer than MAX_STEPS (or a loop)
+                        break
+                    total += prefix[e + 1] - prefix[i]
+                    if e == i:
+                        append(i)
+                    else:
+                        extend(range(i, e + 1))
+                    i = step[e]
                     if i >= size:
                         break
-                else:
-                    i = 0  # longer than MAX_STEPS (or a loop)
-            if i == _STOP and total < _BAD:
+                total &= _M64
+            else:  # descriptor by descriptor
+                append(head)
+                i = step[head]
+                last = head
+                if i < size:
+                    for _ in steps:
+                        append(i)
+                        last = i
+                        i = step[i]
+                        if i >= size:
+                            break
+                    else:
+                        i = 0  # longer than MAX_STEPS (or a loop)
+                if i == _STOP:
+                    if last == head:
+                        total = prefix[head + 1] - prefix[head]
+                    else:
+                        total = 0
+                        for j in walked[start:]:
+                            total += prefix[j + 1] - prefix[j]
+                    total &= _M64
+            if i == _STOP:
                 end = len(walked)
                 add_chain(lazy(queue, head, k & 0xFFFF, _TableRows(source, start, end), total >> 32, total & _LOW))
                 add_part((start, end))

@@ -260,7 +260,15 @@ class SplitTracker(RingTracker):
 
     def _release(self, chain: Chain) -> None:
         owner, head = self._desc_owner, chain.id
-        for index in ring_indices(chain):
+        taken = ring_indices(chain)
+        count = len(taken)
+        if count > 2:
+            first = taken[0]
+            if taken[-1] == first + count - 1 and owner[first:first + count] == [head] * count \
+                    and taken == list(range(first, first + count)):  # in table order, all its own still
+                owner[first:first + count] = [-1] * count
+                return
+        for index in taken:
             if owner[index] == head:
                 owner[index] = -1
 
@@ -367,6 +375,14 @@ class SplitTracker(RingTracker):
                     # A chain of the batch walk (no anomaly, no loop): its descriptors, if none is held
                     # by another chain (else _add_in_flight says which), are its own now.
                     taken = entries[part[0]:part[1]]
+                    first, count = taken[0], len(taken)
+                    if count > 2 and taken[-1] == first + count - 1 and taken == list(range(first, first + count)):
+                        if max(owner[first:first + count]) < 0:  # in table order, as drivers lay them out
+                            owner[first:first + count] = [head] * count
+                            in_flight[head] = chain
+                        else:
+                            self._add_in_flight(chain, anomalies)
+                        continue
                     for index in taken:
                         if owner[index] >= 0:
                             for freed in taken[:taken.index(index)]:

@@ -2,27 +2,33 @@
 
 At each kick or call the proxy reads what one queue did (chains made available, used
 elements) and records it before it forwards the call. :class:`FastTap` does that for
-the common case of a split ring without building events:
+the common case of a split ring without building events or chains:
 
 - :class:`FastSplitTracker` is a :class:`~vqtrace.rings.tracker.SplitTracker` (same
   state, same results) whose :meth:`~FastSplitTracker.poll_lean` reads the indices, the
   used elements and the new chains' descriptors with ``struct`` over cached views of the
-  rings. It keeps the tracker's state (in-flight chains, descriptor owners, indices) as
-  the careful ``poll`` would. Whatever could be an anomaly (reserved flag bits, an index
-  too far ahead, a head or descriptor reused in flight, an id not in flight, a used length
-  over the chain's writable bytes, a chain the careful walker flags, IN_ORDER, a ring not
-  mapped) makes it undo what it did in this poll and answer None: the careful ``poll``
-  then reads the rings and names the anomaly. Chains other than plain direct ones
-  (indirect tables, several memory ranges) are walked by :func:`~vqtrace.rings.chain.walk_split_chain`.
-- :class:`FastTap` (a :class:`~vqtrace.vhost.tap.TrackerTap`) copies the bytes (readable
-  up to the snap length when a chain is made available, written when it is used) and
-  returns a :class:`RingBatch`: what :meth:`TrackerTap.poll` would return, kept as
-  tuples. :meth:`RingBatch.blocks` makes the trace blocks directly
-  (:mod:`vqtrace.vhost.records`); :meth:`RingBatch.events` makes the events (a printer,
-  the TUI, tests). A careful poll's answer is the TrackerTap's list of events.
+  rings, and copies the bytes the trace keeps (readable ones up to the snap length when a
+  chain is made available, written ones when it is used). A chain it walks is kept as a
+  plain list (an *entry*, ``E_*`` below) until something asks for its
+  :class:`~vqtrace.model.Chain`: :attr:`in_flight`, :attr:`state` and the careful
+  :meth:`poll` see the tracker's usual state (:meth:`FastSplitTracker.merge`).
+  Whatever could be an anomaly (reserved flag bits, an index too far ahead, a head or
+  descriptor reused in flight, an id not in flight, a used length over the chain's
+  writable bytes, a chain the careful walker flags, IN_ORDER, a ring not mapped) makes it
+  undo what it did in this poll and answer None: the careful ``poll`` then reads the
+  rings and names the anomaly. Chains other than plain direct ones (indirect tables,
+  buffers across two memory regions) are walked by
+  :func:`~vqtrace.rings.chain.walk_split_chain`.
+- :class:`FastTap` (a :class:`~vqtrace.vhost.tap.TrackerTap`) returns a
+  :class:`RingBatch`: what :meth:`TrackerTap.poll` would return, kept as tuples.
+  :meth:`RingBatch.blocks` makes the trace blocks directly (:mod:`vqtrace.vhost.records`);
+  :meth:`RingBatch.events` makes the events (a printer, the TUI, tests). A careful poll's
+  answer is TrackerTap's list of events.
+- :class:`BlockSink` writes a session's records (events and batches) to a TraceWriter.
 
 Tests (``tests/test_vhost_fastpath.py``) hold FastSplitTracker equal to SplitTracker and
-FastTap's events equal to TrackerTap's, poll for poll, with anomalies and without.
+FastTap's events equal to TrackerTap's, poll for poll, with anomalies and without, and the
+blocks equal to TraceWriter's, byte for byte.
 """
 
 from __future__ import annotations
@@ -34,35 +40,42 @@ from ..dissectors.virtqueue import SPLIT_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ
 from ..errors import GuestMemoryError
 from ..events import Direction, Event, EventKind
 from ..memory import GuestMemory
-from ..model import Chain, Descriptor, Layout, QueueConfig, UsedElem
+from ..model import Chain, Descriptor, Layout, QueueConfig, RingState, UsedElem
 from ..rings import anomalies as A
 from ..rings.chain import CHAIN_BYTES_LIMIT, DESC_STRUCT, ring_indices, walk_split_chain
 from ..rings.split import AVAIL_RING, USED_RING
-from ..rings.tracker import RingTracker, SplitTracker
-from .records import QueueBlocks, chain_bytes, split_chain_bytes
+from ..rings.tracker import RingChanges, RingTracker, SplitTracker
+from .records import CHAIN_AND_SIZE, QueueBlocks, chain_and_readable, chain_bytes, sized, split_chain_bytes
 from .tap import DEFAULT_SNAPLEN, TrackerTap
 
 _NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
 _IDX = struct.Struct("<HH")  # 2.7.6 / 2.7.8: flags, idx
 _USED_ELEM = struct.Struct("<II")  # 2.7.8: struct virtq_used_elem: le32 id, le32 len
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _UNMAPPED = (A.RING_UNMAPPED, 0)
 # The SplitTracker state poll_lean keeps (it reads and writes it as SplitTracker.poll does).
 _STATE = ("_in_flight", "_desc_owner", "_pending", "_reported", "avail_idx", "used_idx", "avail_flags", "used_flags",
           "used_event", "avail_event", "bounds")
 
-#: What :meth:`FastSplitTracker.poll_lean` found: the chains made available, in ring order, each
-#: ``(chain, readable bytes kept, truncated, chain part of its records, writable (addr, len) spans)``
-#: (the last three None, False, None, None for a chain walk_split_chain read: an indirect table, a
-#: buffer across two regions), and the used elements, in ring order, each ``(chain, id, len, used_idx)``.
-LeanChanges = tuple[list[tuple], list[tuple[Chain, int, int, int]]]
+# A chain the lean poll read (a list): its head and avail index; ``args``: addr, len, flags, index,
+# next of each descriptor (the record's order; None when walk_split_chain read it, E_CHAIN then set);
+# the table entries it holds; its readable and writable lengths; the readable bytes kept and whether
+# they were cut; what its AVAIL and USED records share (records.chain_and_readable); its writable
+# (addr, len) spans (None: read them as TrackerTap does); its Chain, once made.
+E_HEAD, E_AVAIL_IDX, E_ARGS, E_INDICES, E_READABLE, E_WRITABLE, E_DATA, E_CUT, E_SHARED, E_SPANS, E_CHAIN = range(11)
+
+#: What :meth:`FastSplitTracker.poll_lean` found: the entries made available, in ring order, and
+#: the used elements, in ring order, each ``[entry or Chain, id, len, used_idx, written, truncated]``
+#: (``written``, after its u32 size, None when the tap must read it: a chain of a careful poll).
+LeanChanges = tuple[list[list], list[list]]
 _NOTHING: LeanChanges = ([], [])
+_NO_HEADS: list[int] = []
+_new_desc = tuple.__new__
 
 
 class _Lazy(tuple):
-    """The lazy descriptors of a chain the lean walk read: ``(args, indices)``, where ``args`` holds
-    ``addr, len, flags, index, next`` of each descriptor (the record's order) and ``indices`` their
-    table entries (what :func:`~vqtrace.rings.chain.ring_indices` answers)."""
+    """The lazy descriptors of a chain the lean walk read: ``(args, indices)`` (see ``E_ARGS``)."""
 
     __slots__ = ()
 
@@ -80,27 +93,75 @@ class _Lazy(tuple):
                 for k in range(0, len(args), 5)]
 
 
-_new_lazy = tuple.__new__
-_new_desc = tuple.__new__
+def chain_of(entry: list, queue: int) -> Chain:
+    """The Chain of a lean entry (made once)."""
+    chain = entry[E_CHAIN]
+    if chain is None:
+        chain = entry[E_CHAIN] = Chain.lazy(queue, entry[E_HEAD], entry[E_AVAIL_IDX],
+                                            tuple.__new__(_Lazy, (entry[E_ARGS], entry[E_INDICES])),
+                                            entry[E_READABLE], entry[E_WRITABLE])
+    return chain
 
 
 class FastSplitTracker(SplitTracker):
     """A SplitTracker with a lean poll for the common case (see the module docstring).
 
-    ``snaplen`` bounds the readable bytes the lean walk copies per chain.
+    ``snaplen`` bounds the bytes the lean poll copies per chain; ``kept`` is the tap's record of
+    the readable bytes of chains in flight (TrackerTap): a chain of a lean poll goes there when
+    :meth:`merge` makes it a Chain of the usual state.
     """
 
     def __init__(self, config: QueueConfig, memory: GuestMemory, *, snaplen: int = DEFAULT_SNAPLEN,
-                 **start: Any) -> None:
+                 kept: dict | None = None, **start: Any) -> None:
         super().__init__(config, memory, **start)
         # Only where its state is the one this module knows, and without IN_ORDER batches (2.7.9).
         self.lean = (not config.in_order and config.layout is Layout.SPLIT
                      and all(hasattr(self, name) for name in _STATE) and isinstance(self._desc_owner, list)
                      and isinstance(self._in_flight, dict))
         self.snaplen = snaplen
+        self.kept = {} if kept is None else kept
+        self._lean: dict[int, list] = {}  # head -> entry: chains in flight the lean poll read, after _in_flight's
+        self._event_idx = config.event_idx
+        self._size = config.size
         self._gen = -1
         self._views: tuple | None = None
         self.hot: tuple[int, int, memoryview] | None = None  # (start, end, bytes) of the region last read
+
+    # -- the usual state --------------------------------------------------------------------
+
+    def merge(self) -> None:
+        """Make the lean entries in flight Chains of ``_in_flight`` (their readable bytes go to ``kept``)."""
+        lean = self._lean
+        if not lean:
+            return
+        in_flight, kept, queue = self._in_flight, self.kept, self.config.index
+        for head, entry in lean.items():
+            chain = chain_of(entry, queue)
+            in_flight[head] = chain
+            if entry[E_DATA] is not None:
+                kept[id(chain)] = (chain, entry[E_DATA], entry[E_CUT], entry[E_SHARED], entry[E_SPANS])
+        lean.clear()
+
+    @property
+    def in_flight(self) -> dict[int, Chain]:
+        self.merge()
+        return self._in_flight
+
+    def in_flight_count(self) -> int:
+        """How many chains are in flight (without making Chains of the lean entries)."""
+        return len(self._in_flight) + len(self._lean)
+
+    @property
+    def state(self) -> RingState:
+        self.merge()
+        return super().state
+
+    def poll(self) -> RingChanges:
+        """The careful poll (the lean entries become Chains first)."""
+        self.merge()
+        return super().poll()
+
+    # -- the lean poll ----------------------------------------------------------------------
 
     def _refresh(self) -> tuple | None:
         """Views of the three areas for this memory table (None: not all mapped, read carefully)."""
@@ -137,13 +198,12 @@ class FastSplitTracker(SplitTracker):
         if views is None:
             return None
         avail, used, table = views
-        config = self.config
-        size = config.size
+        size = self._size
         avail_flags, avail_idx = _IDX.unpack_from(avail)
         used_flags, used_idx = _IDX.unpack_from(used)
         if (avail_flags | used_flags) & ~1:  # EVENT_FLAGS_INVALID
             return None
-        if config.event_idx:
+        if self._event_idx:
             used_event = _U16.unpack_from(avail, AVAIL_RING + 2 * size)[0]
             avail_event = _U16.unpack_from(used, USED_RING + 8 * size)[0]
         else:
@@ -151,8 +211,8 @@ class FastSplitTracker(SplitTracker):
         old_avail, old_used = self.avail_idx, self.used_idx
         new = (avail_idx - old_avail) & 0xFFFF
         moved = (used_idx - old_used) & 0xFFFF
-        in_flight = self._in_flight
-        if (new > size or moved > size or moved > len(in_flight) + new
+        in_flight, lean = self._in_flight, self._lean
+        if (new > size or moved > size or moved > len(in_flight) + len(lean) + new
                 or ((avail_idx - used_idx) & 0xFFFF > size and (used_idx - avail_idx) & 0xFFFF > size)):
             return None  # AVAIL_IDX_AHEAD, USED_IDX_AHEAD
         if self._reported:
@@ -162,28 +222,37 @@ class FastSplitTracker(SplitTracker):
         if not new and not moved:
             return _NOTHING
         owner = self._desc_owner
-        saved_flight, saved_owner = dict(in_flight), owner[:]
+        # What this poll changes, to undo it should it meet an anomaly candidate.
+        saved = (dict(in_flight), dict(lean)) if moved else None
+        saved_owner = owner[:]
         mask = size - 1
         if new:
             first = old_avail & mask
-            ring = avail[AVAIL_RING:AVAIL_RING + 2 * size].cast("H")
-            heads = ring[first:first + new].tolist() if first + new <= size else \
-                ring[first:].tolist() + ring[:new - (size - first)].tolist()
+            if new == 1:
+                heads = [_U16.unpack_from(avail, AVAIL_RING + 2 * first)[0]]
+            else:
+                ring = avail[AVAIL_RING:AVAIL_RING + 2 * size].cast("H")
+                heads = ring[first:first + new].tolist() if first + new <= size else \
+                    ring[first:].tolist() + ring[:new - (size - first)].tolist()
         else:
-            heads = []
-        found: list[tuple] = []
-        done: list[tuple[Chain, int, int, int]] = []
+            heads = _NO_HEADS
+        found: list[list] = []
+        done: list[list] = []
         walked = 0
         ok = True
+        snaplen = self.snaplen
+        hot = self.hot
+        lo, hi, data = hot if hot is not None else (0, -1, None)
         # -- the used side first (2.7.8): a head used and made available again since the last
         # look is matched to its first chain, walked from the new entries up to it (as poll does).
         pos = old_used
         unpack_used = _USED_ELEM.unpack_from
         for _ in range(moved):
             used_id, length = unpack_used(used, USED_RING + 8 * (pos & mask))
-            chain = in_flight.pop(used_id, None)
-            if chain is None:
-                if walked < new and used_id in heads:
+            entry = lean.pop(used_id, None)
+            if entry is None:
+                chain = in_flight.pop(used_id, None)
+                if chain is None and walked < new and used_id in heads:
                     try:
                         stop = heads.index(used_id, walked) + 1
                     except ValueError:
@@ -192,23 +261,65 @@ class FastSplitTracker(SplitTracker):
                         ok = self._walk(table, heads, walked, stop, old_avail, found)
                         walked = stop
                         if ok:
-                            chain = in_flight.pop(used_id, None)
-                if chain is None:  # USED_ID_NOT_IN_FLIGHT (or a walk that found an anomaly)
-                    ok = False
-                    break
-            for index in ring_indices(chain):
+                            entry = lean.pop(used_id, None)
+                if entry is None:
+                    if chain is None:  # USED_ID_NOT_IN_FLIGHT (or a walk that found an anomaly)
+                        ok = False
+                        break
+                    for index in ring_indices(chain):
+                        if owner[index] == used_id:
+                            owner[index] = -1
+                    if length > chain.writable_len:  # USED_LEN_TOO_LARGE
+                        ok = False
+                        break
+                    done.append([chain, used_id, length, pos, None, False])
+                    pos = (pos + 1) & 0xFFFF
+                    continue
+            for index in entry[E_INDICES]:
                 if owner[index] == used_id:
                     owner[index] = -1
-            if length > chain.writable_len:  # USED_LEN_TOO_LARGE
+            if length > entry[E_WRITABLE]:  # USED_LEN_TOO_LARGE
                 ok = False
                 break
-            done.append((chain, used_id, length, pos))
+            # The bytes the device wrote, from the start of the writable part, up to the snap
+            # length (TrackerTap: truncated when fewer than used->len are kept).
+            spans = entry[E_SPANS]
+            written = None
+            cut = False
+            if spans is not None:
+                left = limit = length if length < snaplen else snaplen
+                parts: list = [b""]
+                for addr, span in spans:
+                    if left <= 0:
+                        break
+                    if span:
+                        take = span if span <= left else left
+                        if not (lo <= addr and addr + take <= hi):
+                            region = self.region(addr, take)
+                            if region is None:  # no longer in one region: the tap reads it as TrackerTap does
+                                parts = None
+                                break
+                            lo, hi, data = region
+                        parts.append(data[addr - lo:addr - lo + take])
+                        left -= take
+                if parts is not None:
+                    kept_len = limit - left
+                    parts[0] = _U32.pack(kept_len)
+                    written = b"".join(parts)
+                    cut = entry[E_CUT] or kept_len < length
+            done.append([entry, used_id, length, pos, written, cut])
             pos = (pos + 1) & 0xFFFF
         if ok and walked < new:
             ok = self._walk(table, heads, walked, new, old_avail, found)
         if not ok:
-            in_flight.clear()
-            in_flight.update(saved_flight)
+            if saved is None:  # only chains were added
+                for entry in found:
+                    del lean[entry[E_HEAD]]
+            else:
+                in_flight.clear()
+                in_flight.update(saved[0])
+                lean.clear()
+                lean.update(saved[1])
             owner[:] = saved_owner
             return None
         self.avail_idx, self.used_idx = avail_idx, used_idx
@@ -216,22 +327,22 @@ class FastSplitTracker(SplitTracker):
 
     def _walk(self, table: memoryview, heads: list[int], start: int, stop: int, old_avail: int,
               found: list) -> bool:
-        """Walk the new entries ``start .. stop - 1`` into the in-flight set, each chain's record parts
-        into ``found``; False at an anomaly (candidate): the caller undoes the poll."""
-        config, in_flight, owner, size = self.config, self._in_flight, self._desc_owner, self.config.size
-        queue, snaplen = config.index, self.snaplen
+        """Walk the new entries ``start .. stop - 1`` into the in-flight set (lean entries, in ``found``
+        too); False at an anomaly (candidate): the caller undoes the poll."""
+        config, in_flight, lean, owner, size = self.config, self._in_flight, self._lean, self._desc_owner, self._size
+        snaplen = self.snaplen
         unpack = DESC_STRUCT.unpack_from
         hot = self.hot
         lo, hi, data = hot if hot is not None else (0, -1, None)
-        lazy = Chain.lazy
         for k in range(start, stop):
             head = heads[k]
             avail_idx = (old_avail + k) & 0xFFFF
-            if head in in_flight:  # HEAD_REUSED_IN_FLIGHT
+            if head in lean or head in in_flight:  # HEAD_REUSED_IN_FLIGHT
                 return False
-            # The chain: direct descriptors, readable before writable, in one region each, no loop
-            # (2.7.4.2, 2.7.5, 2.7.5.3.1); its descriptors become its own (2.7.13.1). Else (an
-            # indirect table, a buffer across regions, an anomaly) walk_split_chain reads it.
+            # The chain: direct descriptors, readable before writable, in one region each, at most
+            # the queue size of them (2.7.4.2, 2.7.5, 2.7.5.3.1); its descriptors become its own
+            # (2.7.13.1). Else (an indirect table, a buffer across regions, a loop or another
+            # anomaly) walk_split_chain reads it.
             plain = head < size
             args: list[int] = []
             indices = [head]
@@ -247,16 +358,16 @@ class FastSplitTracker(SplitTracker):
                     plain = False
                     break
                 holder = owner[i]
-                if holder >= 0 and holder != head and holder in in_flight:  # DESC_REUSED_IN_FLIGHT
+                if holder >= 0 and holder != head and (holder in lean or holder in in_flight):  # DESC_REUSED_IN_FLIGHT
                     return False
                 owner[i] = head
                 args += (addr, length, flags, i, nxt)
                 if length and not (lo <= addr and addr + length <= hi):
-                    found_region = self.region(addr, length)
-                    if found_region is None:
+                    region = self.region(addr, length)
+                    if region is None:
                         plain = False
                         break
-                    lo, hi, data = found_region
+                    lo, hi, data = region
                 if flags & _WRITE:
                     writable += length
                     seen_write = True
@@ -272,39 +383,43 @@ class FastSplitTracker(SplitTracker):
                         left -= take
                 if not flags & _NEXT:
                     break
-                if nxt >= size or len(indices) >= size or nxt in indices:
+                if nxt >= size or len(indices) >= size:  # (a loop runs into the second test)
                     plain = False
                     break
                 indices.append(nxt)
                 i = nxt
             if plain and readable + writable <= CHAIN_BYTES_LIMIT:
-                n = len(indices)
-                chain = lazy(queue, head, avail_idx, _new_lazy(_Lazy, (args, indices)), readable, writable)
+                n = len(indices)  # (readable, writable < 2^32: the record's u32 fields need no mask)
                 kept = b"".join(parts)
-                found.append((chain, kept, readable > len(kept), split_chain_bytes(head, avail_idx, readable,
-                                                                                   writable, n, args), spans))
+                shared = CHAIN_AND_SIZE[n].pack(head, avail_idx, 0, n, readable, writable, *args, len(kept)) + kept \
+                    if n < 9 else chain_and_readable(split_chain_bytes(head, avail_idx, readable, writable, n, args),
+                                                     kept)
+                entry = [head, avail_idx, args, indices, readable, writable, kept, readable > len(kept), shared, spans,
+                         None]
             else:
                 chain = walk_split_chain(config, self.memory, head, avail_idx=avail_idx, table=table,
                                          bounds=self.bounds)
                 if chain.anomalies:
                     return False
-                for index in ring_indices(chain):
+                indices = ring_indices(chain)
+                for index in indices:
                     holder = owner[index]
-                    if holder >= 0 and holder != head and holder in in_flight:  # DESC_REUSED_IN_FLIGHT
-                        return False
+                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                        return False  # DESC_REUSED_IN_FLIGHT
                     owner[index] = head
-                found.append((chain, None, False, None, None))
-            in_flight[head] = chain
+                entry = [head, avail_idx, None, indices, chain.readable_len, chain.writable_len, None, False, None,
+                         None, chain]
+            lean[head] = entry
+            found.append(entry)
         return True
 
 
 class RingBatch:
-    """What one poll of a :class:`FastTap` found, as tuples: the events of :meth:`TrackerTap.poll`.
+    """What one poll of a :class:`FastTap` found: the events of :meth:`TrackerTap.poll`, as tuples.
 
     ``notify`` (set by the proxy) is the KICK or CALL that made it look: ``(kind, data, channel)``,
-    recorded first. ``avail`` items are ``(chain, readable, truncated, chain bytes, writable spans)``
-    (the tap keeps them until the chain is used), ``used`` items ``(chain, id, len, used_idx, chain
-    bytes, readable, written, truncated)``.
+    recorded first. ``avail`` holds lean entries (``E_*``), ``used`` items ``[entry or Chain, id,
+    len, used_idx, written (after its u32 size), truncated]``.
     """
 
     __slots__ = ("avail", "blocks_of", "notify", "time_ns", "used")
@@ -320,20 +435,20 @@ class RingBatch:
     def source(self) -> str:
         return self.blocks_of.source
 
-    def blocks(self, iface: int) -> list[bytes]:
-        """The pcapng blocks of the events, on interface ``iface`` (TraceWriter.block's bytes)."""
+    def blocks(self, out: list, iface: int) -> None:
+        """Append the pcapng blocks of the events, on interface ``iface``, to ``out`` in pieces
+        (joined, they are TraceWriter.block's bytes)."""
         q, ts = self.blocks_of, self.time_ns
         hi, lo = (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF
-        out = []
         if self.notify is not None:
             kind, data, channel = self.notify
-            out.append(q.notify(iface, hi, lo, kind, channel, data))
+            q.notify(out, iface, hi, lo, kind, channel, data)
         avail_block, used_block = q.avail, q.used
-        for _, readable, cut, cbytes, _ in self.avail:
-            out.append(avail_block(iface, hi, lo, cbytes, readable, cut))
-        for _, used_id, length, used_idx, cbytes, readable, written, cut in self.used:
-            out.append(used_block(iface, hi, lo, used_id, length, used_idx, cbytes, readable, written, cut))
-        return out
+        for entry in self.avail:
+            avail_block(out, iface, hi, lo, entry[E_SHARED], len(entry[E_DATA]), entry[E_CUT])
+        for item, used_id, length, used_idx, written, cut in self.used:
+            shared = item[E_SHARED] if item.__class__ is list else item
+            used_block(out, iface, hi, lo, used_id, length, used_idx, shared, written, cut)
 
     def events(self) -> list[Event]:
         """The events themselves."""
@@ -345,14 +460,22 @@ class RingBatch:
             out.append(Event(EventKind(kind), ts, source, queue=queue,
                              direction=Direction.TO_DEVICE if kind == EventKind.KICK else Direction.TO_DRIVER,
                              data=data, device_type=device_type, channel=channel, features=features))
-        for chain, readable, cut, _, _ in self.avail:
-            out.append(Event(EventKind.AVAIL, ts, source, queue, Direction.TO_DEVICE, readable, device_type,
-                             chain=chain, features=features, packed=packed, truncated=cut))
-        for chain, used_id, length, used_idx, _, readable, written, cut in self.used:
-            out.append(Event(EventKind.USED, ts, source, queue, Direction.TO_DRIVER, readable, device_type,
-                             chain=chain, used=UsedElem(queue, used_id, length, used_idx), written=written,
+        for entry in self.avail:
+            out.append(Event(EventKind.AVAIL, ts, source, queue, Direction.TO_DEVICE, entry[E_DATA], device_type,
+                             chain=chain_of(entry, queue), features=features, packed=packed, truncated=entry[E_CUT]))
+        for item, used_id, length, used_idx, written, cut in self.used:
+            chain, data = (chain_of(item, queue), item[E_DATA]) if item.__class__ is list else item.chain_and_data
+            out.append(Event(EventKind.USED, ts, source, queue, Direction.TO_DRIVER, data, device_type,
+                             chain=chain, used=UsedElem(queue, used_id, length, used_idx), written=written[4:],
                              features=features, packed=packed, truncated=cut))
         return out
+
+
+class _Used(bytes):
+    """What the USED record of a chain of a careful poll shares with its AVAIL record
+    (records.chain_and_readable), with ``chain_and_data``: its Chain and readable bytes."""
+
+    chain_and_data: tuple[Chain, bytes]
 
 
 class FastTap(TrackerTap):
@@ -368,8 +491,13 @@ class FastTap(TrackerTap):
 
     def _make_tracker(self, config: QueueConfig, memory: GuestMemory, **start: Any) -> RingTracker:
         if config.layout is Layout.SPLIT:
-            return FastSplitTracker(config, memory, snaplen=self.snaplen, **start)
+            return FastSplitTracker(config, memory, snaplen=self.snaplen, kept=self._readable, **start)
         return super()._make_tracker(config, memory, **start)
+
+    @property
+    def in_flight(self) -> int:
+        tracker = self.tracker
+        return tracker.in_flight_count() if tracker.__class__ is FastSplitTracker else len(tracker.in_flight)
 
     def poll_batch(self, time_ns: int) -> RingBatch | list[Event]:
         """A RingBatch (possibly empty) when the lean poll could read the rings, else TrackerTap's events."""
@@ -378,55 +506,31 @@ class FastTap(TrackerTap):
         if lean is None:
             return self.poll(time_ns)
         found, done = lean
-        if not (found or done):
-            return RingBatch(self.blocks_of, time_ns, found, [])
-        snaplen, kept = self.snaplen, self._readable
-        if len(kept) > 4 * self.config.size:  # chains dropped without a used element: forget the oldest
-            for key in list(kept)[:len(kept) - 2 * self.config.size]:
-                del kept[key]
-        for n, entry in enumerate(found):
-            chain = entry[0]
-            if entry[1] is None:  # read by walk_split_chain: the bytes as TrackerTap reads them
-                data, cut = self._bytes(chain, snaplen)
-                entry = found[n] = (chain, data, cut, chain_bytes(chain), None)
-            kept[id(chain)] = entry
-        used: list = []
-        hot = tracker.hot
-        lo, hi, region = hot if hot is not None else (0, -1, None)
-        for chain, used_id, length, used_idx in done:
-            entry = kept.pop(id(chain), None)
-            if entry is None or entry[0] is not chain:
-                data, cut = self._bytes(chain, snaplen)
-                cbytes, spans = chain_bytes(chain), None
-            elif len(entry) == 5:
-                _, data, cut, cbytes, spans = entry
-            else:  # made available in a careful poll
-                _, data, cut = entry
-                cbytes, spans = chain_bytes(chain), None
-            limit = length if length < snaplen else snaplen
-            if spans is None:
-                written = self._bytes(chain, limit, _WRITE)[0]
+        queue = self.config.index
+        for entry in found:
+            if entry[E_DATA] is None:  # read by walk_split_chain: the bytes as TrackerTap reads them
+                chain = entry[E_CHAIN]
+                entry[E_DATA], entry[E_CUT] = self._bytes(chain, self.snaplen)
+                entry[E_SHARED] = chain_and_readable(chain_bytes(chain), entry[E_DATA])
+        for item in done:
+            if item[4] is not None:
+                continue
+            # A chain of a careful poll, or one whose buffers moved between memory regions: as TrackerTap.
+            snaplen, length = self.snaplen, item[2]
+            if item[0].__class__ is list:
+                entry = item[0]
+                chain, data, cut = chain_of(entry, queue), entry[E_DATA], entry[E_CUT]
             else:
-                parts = []
-                left = limit
-                for addr, size in spans:
-                    if left <= 0:
-                        break
-                    if size:
-                        take = size if size <= left else left
-                        if not (lo <= addr and addr + take <= hi):
-                            found_region = tracker.region(addr, take)
-                            if found_region is None:  # no longer mapped as one region: as TrackerTap reads it
-                                parts = None
-                                break
-                            lo, hi, region = found_region
-                        parts.append(region[addr - lo:addr - lo + take])
-                        left -= take
-                written = b"".join(parts) if parts is not None else self._bytes(chain, limit, _WRITE)[0]
-            # As TrackerTap: truncated when the readable bytes were, or fewer bytes than used->len were
-            # kept (length <= writable_len here: a larger one is an anomaly, read carefully).
-            used.append((chain, used_id, length, used_idx, cbytes, data, written, cut or len(written) < length))
-        return RingBatch(self.blocks_of, time_ns, found, used)
+                chain = item[0]
+                kept = self._readable.pop(id(chain), None)
+                data, cut = (kept[1], kept[2]) if kept is not None and kept[0] is chain else \
+                    self._bytes(chain, snaplen)
+                shared = _Used(chain_and_readable(chain_bytes(chain), data))
+                shared.chain_and_data = (chain, data)
+                item[0] = shared
+            written = self._bytes(chain, length if length < snaplen else snaplen, _WRITE)[0]
+            item[4], item[5] = sized(written), cut or len(written) < length
+        return RingBatch(self.blocks_of, time_ns, found, done)
 
 
 class BlockSink:
@@ -463,7 +567,7 @@ class BlockSink:
                     count += len(events)
                     interfaces = None  # block() may have added the interface
                 else:
-                    parts.extend(item.blocks(iface))
+                    item.blocks(parts, iface)
                     count += len(item)
             else:
                 parts.append(block(item))

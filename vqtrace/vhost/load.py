@@ -16,6 +16,7 @@ import select
 import statistics
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..dissectors.virtqueue import VIRTQ_DESC_F_WRITE
@@ -32,6 +33,9 @@ class LoadResult:
     seconds: float
     latencies_ns: list[int] = field(default_factory=list)
     errors: int = 0
+    completed: int = 0  # every request completed, the warm-up and the drain at the end included
+    #: ``probe()`` when the measured window opened and when it closed, and the requests completed in between
+    probed: tuple[float, float, int] | None = None
 
     @property
     def iops(self) -> float:
@@ -73,7 +77,12 @@ class RandomReads:
         self.queue.driver.add_elements([(hdr, 16, 0), (data, self.size, VIRTQ_DESC_F_WRITE),
                                         (status, 1, VIRTQ_DESC_F_WRITE)], token=(slot, now))
 
-    def run(self, seconds: float, *, warmup: float = 0.2) -> LoadResult:
+    def run(self, seconds: float, *, warmup: float = 0.2, probe: Callable[[], float] | None = None) -> LoadResult:
+        """Keep the queue full for ``warmup`` then ``seconds`` seconds (measured), then drain it.
+
+        ``probe`` (another process's CPU time, say) is called when the measured window opens and
+        when it closes (:attr:`LoadResult.probed`).
+        """
         driver, call_fd = self.queue.driver, self.queue.call_fd
         clock = time.perf_counter_ns
         now = clock()
@@ -86,9 +95,11 @@ class RandomReads:
         measure_from = start + int(warmup * 1e9)
         end = measure_from + int(seconds * 1e9)
         latencies: list[int] = []
-        done = errors = 0
+        done = errors = completed = 0
         stopping = False
         in_flight = self.depth
+        opened: tuple[float, int] | None = None
+        probed = None
         while in_flight:
             if not poller.poll(self.client.fe.timeout * 1000):
                 raise VhostUserError(f"no completion within {self.client.fe.timeout:g} s")
@@ -96,7 +107,13 @@ class RandomReads:
                 os.eventfd_read(call_fd)
             used = drain_used(driver)
             now = clock()
+            if probe is not None:
+                if opened is None and now >= measure_from:
+                    opened = (probe(), completed)
+                elif opened is not None and probed is None and now >= end:
+                    probed = (opened[0], probe(), completed - opened[1])
             stopping = stopping or now >= end
+            completed += len(used)
             for buf in used:
                 slot, submitted = buf.token
                 if buf.written[-1:] != b"\0":
@@ -111,4 +128,4 @@ class RandomReads:
             if used and not stopping:
                 driver.kick()
         measured = min(clock(), end) - measure_from
-        return LoadResult(self.depth, done, measured / 1e9, latencies, errors)
+        return LoadResult(self.depth, done, measured / 1e9, latencies, errors, completed, probed)

@@ -1,4 +1,4 @@
-"""The edge around a sans-io role: AF_UNIX sockets with SCM_RIGHTS, eventfds, a selector.
+"""The edge around a sans-io role: AF_UNIX sockets with SCM_RIGHTS, eventfds, epoll.
 
 :class:`Loop` reads each peer's socket exactly as much as the role's framer wants
 (the header, then the payload: ``recvmsg`` never mixes two messages' fds), feeds
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
+import select
 import socket
 import time
 from collections import deque
@@ -63,6 +63,45 @@ class _PeerSocket:
     sock: socket.socket
 
 
+class _Poller:
+    """epoll over fds, each with the object its readiness stands for (what ``selectors`` does, without
+    its per-call bookkeeping: the loop wakes once or twice per request it forwards)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.data: dict[int, Any] = {}
+
+    def register(self, fileobj: Any, data: Any) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd in self.data:
+            self._epoll.modify(fd, select.EPOLLIN)
+        else:
+            self._epoll.register(fd, select.EPOLLIN)
+        self.data[fd] = data
+
+    def unregister(self, fileobj: Any) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if self.data.pop(fd, _MISSING) is not _MISSING:
+            with contextlib.suppress(OSError, ValueError):  # closed already: epoll forgot it
+                self._epoll.unregister(fd)
+
+    def select(self, timeout: float | None) -> list[Any]:
+        """The objects of the fds ready to read (waiting up to ``timeout`` seconds; None: for ever)."""
+        try:
+            ready = self._epoll.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            return []
+        data = self.data
+        return [data[fd] for fd, _ in ready if fd in data]
+
+    def close(self) -> None:
+        self._epoll.close()
+        self.data.clear()
+
+
+_MISSING = object()
+
+
 class _Wakeup:
     """A socket pair that wakes the selector from a signal handler or another thread."""
 
@@ -104,13 +143,13 @@ class Loop:
         self._records: list[Any] = []
         self.poll_s = poll_ms / 1000 if poll_ms else None
         self.log = logger or log
-        self.selector = selectors.DefaultSelector()
+        self.selector = _Poller()
         self.peers: dict[Peer, _PeerSocket] = {}
         self.watched: dict[int, _Notifier] = {}
         self.ended: SessionEnded | None = None
         self._stop_reason: str | None = None
         self._wakeup = _Wakeup()
-        self.selector.register(self._wakeup.reader, selectors.EVENT_READ, None)
+        self.selector.register(self._wakeup.reader, None)
         self.events_recorded = 0
         self._queue: deque[object] = deque()
         self._feeding = False
@@ -124,7 +163,7 @@ class Loop:
         self._detach(peer)
         entry = _PeerSocket(peer, sock)
         self.peers[peer] = entry
-        self.selector.register(sock, selectors.EVENT_READ, entry)
+        self.selector.register(sock, entry)
 
     def request_stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end the session (safe from a signal handler or another thread)."""
@@ -158,8 +197,7 @@ class Loop:
             ready = select(wait)
             notified: list[tuple[_Notifier, int]] = []
             readable: list[_PeerSocket] = []
-            for key, _ in ready:
-                data = key.data
+            for data in ready:
                 if data.__class__ is _Notifier:
                     try:
                         count = os.eventfd_read(data.fd)
@@ -170,8 +208,10 @@ class Loop:
                         continue
                     if data.forward_to is not None:
                         # Forward at once: the peer waits for nothing vqtrace does.
-                        with contextlib.suppress(OSError):
+                        try:  # noqa: SIM105 - once per notification: no context manager
                             os.eventfd_write(data.forward_to, 1)
+                        except OSError:
+                            pass
                     notified.append((data, count))
                 elif data is None:
                     self._wakeup.drain()
@@ -280,8 +320,10 @@ class Loop:
         elif kind is Send:
             self._send(command)
         elif kind is Signal:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - once per notification: no context manager
                 os.eventfd_write(command.fd, 1)
+            except OSError:
+                pass
         elif kind is Watch:
             self._watch(command)
         elif kind is Unwatch:
@@ -321,10 +363,7 @@ class Loop:
 
     def _watch(self, command: Watch) -> None:
         notifier = _Notifier(command.fd, command.kind, command.queue, command.forward_to)
-        if command.fd in self.watched:
-            self.selector.modify(command.fd, selectors.EVENT_READ, notifier)
-        else:
-            self.selector.register(command.fd, selectors.EVENT_READ, notifier)
+        self.selector.register(command.fd, notifier)
         self.watched[command.fd] = notifier
 
     def _unwatch(self, fd: int) -> None:

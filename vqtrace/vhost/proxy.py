@@ -473,10 +473,12 @@ class ProxyEngine:
         200 ms while the looks find nothing; every notification pushes the look back."""
         if self.poll_mode:
             return
-        if any(getattr(tap, "in_flight", 0) for tap in self.taps.values()):
-            self._wake_pending = True
-            out.append(WakeAfter(self._followup_delay))
-        elif self._wake_pending:
+        for tap in self.taps.values():
+            if getattr(tap, "in_flight", 0):
+                self._wake_pending = True
+                out.append(WakeAfter(self._followup_delay))
+                return
+        if self._wake_pending:
             self._wake_pending = False
             out.append(WakeAfter(None))
 

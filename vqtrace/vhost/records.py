@@ -29,8 +29,10 @@ _CHAIN_FMT = layout.CHAIN_STRUCT.format.lstrip("<")
 # in_indirect, 3 padding): for a split chain read from the table id and in_indirect are 0.
 _SPLIT_DESC_FMT = "QIHHH6x"
 _EMPTY = b""
-_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
-_Z4, _Z8 = bytes(4), bytes(8)
+# What ends a block: the record's last sizes (AVAIL: written and tail, 0; USED: tail, 0), the
+# padding to 4 bytes, the block's total length again.
+_AVAIL_TAIL = [struct.Struct(f"<8x{pad}xI") for pad in range(4)]
+_USED_TAIL = [struct.Struct(f"<4x{pad}xI") for pad in range(4)]
 AVAIL, USED, KICK, CALL = int(EventKind.AVAIL), int(EventKind.USED), int(EventKind.KICK), int(EventKind.CALL)
 _HEAD_SIZE = layout.HEADER_SIZE
 assert struct.calcsize("<" + _SPLIT_DESC_FMT) == layout.DESC_SIZE
@@ -41,6 +43,9 @@ def _split_chain_struct(ndesc: int) -> struct.Struct:
 
 
 _CHAIN_STRUCTS = [_split_chain_struct(n) for n in range(9)]
+#: The same, followed by the u32 size of the readable bytes kept (what the AVAIL and USED records of a
+#: chain share, before those bytes: see :func:`chain_and_readable`).
+CHAIN_AND_SIZE = [struct.Struct("<" + _CHAIN_FMT + _SPLIT_DESC_FMT * n + "I") for n in range(9)]
 
 
 def split_chain_bytes(head: int, avail_idx: int, readable_len: int, writable_len: int, ndesc: int,
@@ -96,31 +101,44 @@ class QueueBlocks:
                         for kind, direction in ((KICK, Direction.TO_DEVICE), (CALL, Direction.TO_DRIVER))
                         for channel in (0, 1)}
 
-    def avail(self, iface: int, ts_hi: int, ts_lo: int, chain: bytes, readable: bytes, cut: bool) -> bytes:
-        """The block of an AVAIL record: ``chain`` (its chain part) and the readable bytes kept."""
-        size = _HEAD_SIZE + len(chain) + 12 + len(readable)
+    def avail(self, out: list, iface: int, ts_hi: int, ts_lo: int, chain_and_readable: bytes, readable_len: int,
+              cut: bool) -> None:
+        """Append the block of an AVAIL record to ``out``, in pieces: ``chain_and_readable`` is the
+        chain part of the record, the size of the readable bytes kept and those bytes
+        (:func:`chain_and_readable`)."""
+        size = _HEAD_SIZE + len(chain_and_readable) + 8
         pad = -size & 3
         total = 32 + size + pad
-        return b"".join((_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
-                                       self._avail_cut if cut else self._avail),
-                         chain, _U32.pack(len(readable)), readable, _Z8, _PAD[pad], _U32.pack(total)))
+        head = self._avail_cut if cut else self._avail
+        out += (_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size, head), chain_and_readable,
+                _AVAIL_TAIL[pad].pack(total))
 
-    def used(self, iface: int, ts_hi: int, ts_lo: int, used_id: int, used_len: int, used_idx: int, chain: bytes,
-             readable: bytes, written: bytes, cut: bool) -> bytes:
-        """The block of a USED record (a chain known to be in flight: ``chain`` is its chain part)."""
-        size = _HEAD_SIZE + 12 + len(chain) + 12 + len(readable) + len(written)
+    def used(self, out: list, iface: int, ts_hi: int, ts_lo: int, used_id: int, used_len: int, used_idx: int,
+             chain_and_readable: bytes, sized_written: bytes, cut: bool) -> None:
+        """Append the block of a USED record (of a chain in flight) to ``out``, in pieces:
+        ``sized_written`` is the size of the written bytes kept, then those bytes."""
+        size = _HEAD_SIZE + 12 + len(chain_and_readable) + len(sized_written) + 4
         pad = -size & 3
         total = 32 + size + pad
-        return b"".join((_EPB_HDR_USED.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
-                                            self._used_cut if cut else self._used, used_id & 0xFFFFFFFF,
-                                            used_len & 0xFFFFFFFF, used_idx & 0xFFFF),
-                         chain, _U32.pack(len(readable)), readable, _U32.pack(len(written)), written, _Z4,
-                         _PAD[pad], _U32.pack(total)))
+        out += (_EPB_HDR_USED.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
+                                   self._used_cut if cut else self._used, used_id & 0xFFFFFFFF,
+                                   used_len & 0xFFFFFFFF, used_idx & 0xFFFF),
+                chain_and_readable, sized_written, _USED_TAIL[pad].pack(total))
 
-    def notify(self, iface: int, ts_hi: int, ts_lo: int, kind: int, channel: int, data: bytes) -> bytes:
-        """The block of a KICK or CALL record (``data``: the 8-byte eventfd counter, or empty in band)."""
+    def notify(self, out: list, iface: int, ts_hi: int, ts_lo: int, kind: int, channel: int, data: bytes) -> None:
+        """Append the block of a KICK or CALL record (``data``: the 8-byte eventfd counter, or empty in band)."""
         body = data[:8] if len(data) >= 8 else _EMPTY
         size = _HEAD_SIZE + len(body)
         total = 32 + size  # 40 or 48: a multiple of 4
-        return b"".join((_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
-                                       self._notify[kind, channel & 1]), body, _U32.pack(total)))
+        out += (_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size, self._notify[kind, channel & 1]),
+                body, _U32.pack(total))
+
+
+def chain_and_readable(chain: bytes, readable: bytes) -> bytes:
+    """What AVAIL and USED records of one chain share: its chain part, the size of the readable bytes, the bytes."""
+    return b"".join((chain, _U32.pack(len(readable)), readable))
+
+
+def sized(data: bytes | memoryview) -> bytes:
+    """``data`` after its u32 size (the written bytes of a USED record)."""
+    return _U32.pack(len(data)) + data
