@@ -112,7 +112,7 @@ class World:
             if op == "add":
                 readable = [rng.randbytes(rng.choice([0, 1, 16, 64])) for _ in range(rng.randint(0, 2))]
                 writable = [rng.choice([0, 1, 512, 4096]) for _ in range(rng.randint(0 if readable else 1, 2))]
-                indirect = config.indirect and rng.random() < 0.2
+                indirect = config.indirect and rng.random() < 0.3
                 queue.add(readable, writable, indirect=indirect)
             elif op == "use":  # the device takes what is available and uses some of what it holds
                 self.popped += self.device.pop_all()
@@ -146,7 +146,30 @@ class World:
                         spec.flags |= 4  # INDIRECT
                     else:
                         spec.len = rng.choice([0, 1 << 31])
-                queue.add([b"r" * 16], [rng.choice([1, 64])] * 2, hook=hook)
+                def table_hook(specs, rng=rng):  # an indirect table's entries (2.7.5.3)
+                    spec = rng.choice(specs)
+                    what = rng.randrange(4)
+                    if what == 0:
+                        specs[-1].flags |= 4  # NESTED_INDIRECT (a table of 64 bytes: four entries)
+                    elif what == 1:
+                        spec.next, spec.flags = rng.choice([0, len(specs), 0xFFFF]), spec.flags | 1
+                    elif what == 2:
+                        specs[-1].flags &= ~VIRTQ_DESC_F_WRITE
+                    else:
+                        spec.addr = rng.choice([RAM - 4, 1 << 40])
+
+                def table_desc_hook(specs, rng=rng):  # the INDIRECT descriptor itself
+                    spec = specs[0]
+                    spec.len = rng.choice([0, 8, spec.len + 8, spec.len, 1 << 30])
+                    if rng.random() < 0.3:
+                        spec.flags |= 1  # INDIRECT_WITH_NEXT
+
+                if rng.random() < 0.5:
+                    queue.add([b"r" * 16], [rng.choice([1, 64])] * 2, hook=hook)
+                else:  # an indirect chain, negotiated or not (INDIRECT_NOT_NEGOTIATED)
+                    queue.add([b"r" * 16], [rng.choice([1, 64]), 64], indirect=True,
+                              indirect_hook=table_hook if rng.random() < 0.6 else None,
+                              hook=table_desc_hook if rng.random() < 0.4 else None)
             elif op == "poke":  # a hostile write to a descriptor: its flags, its link, its length or address
                 entry = config.desc + 16 * rng.randrange(config.size)
                 field, value = rng.choice([
@@ -362,3 +385,85 @@ def test_in_order_queues_are_read_carefully(in_order):
     world = World(8, features_of([VIRTIO_F_EVENT_IDX]) | (1 << 35 if in_order else 0), 3)
     fast = FastSplitTracker(world.config, world.memory, avail_idx=0)
     assert fast.lean is not in_order
+
+
+# -- in the proxy -------------------------------------------------------------------------------
+
+
+def proxied_queue(tap_factory):
+    """A ProxyEngine that has seen a queue set up (memory table, ring, kick and call fds)."""
+    from vqtrace.vhost import protocol as p
+    from vqtrace.vhost.codec import Message
+    from vqtrace.vhost.engine import DataReceived, Peer
+    from vqtrace.vhost.proxy import ProxyEngine
+
+    engine = ProxyEngine(tap_factory=tap_factory, device_type=2)
+    user = 0x7E00_0000_0000
+    guest = GuestDriver.in_memfd(RAM, 0, user_addr=user)
+    queue = guest.queue(0, 8, features=1 << VIRTIO_F_VERSION_1)
+    c = queue.config
+    kick, call = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
+    for msg in (Message.make(p.SET_FEATURES, p.pack_u64(1 << VIRTIO_F_VERSION_1)),
+                Message.make(p.SET_MEM_TABLE, p.pack_memory([p.MemoryRegion(0, RAM, user, 0)]), fds=[os.dup(guest.fd)]),
+                Message.make(p.SET_VRING_NUM, p.pack_state(0, 8)),
+                Message.make(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(0, 0, user + c.desc, user + c.device,
+                                                                       user + c.driver, c.device))),
+                Message.make(p.SET_VRING_KICK, p.pack_vring_file(0), fds=[kick]),
+                Message.make(p.SET_VRING_CALL, p.pack_vring_file(0), fds=[call])):
+        engine.handle(DataReceived(Peer.FRONTEND, msg.raw, list(msg.fds)))
+    return engine, guest, queue
+
+
+def recorded(commands) -> list[Event]:
+    from vqtrace.vhost.engine import Record, RecordBatch
+
+    out: list[Event] = []
+    for c in commands:
+        if isinstance(c, Record):
+            out.append(c.event)
+        elif isinstance(c, RecordBatch):
+            out.extend(c.events)
+    return out
+
+
+def test_the_proxy_records_the_same_with_either_tap():
+    """Kicks, calls and ring events through ProxyEngine: RecordBatch commands (FastTap) hold the
+    events Record commands (TrackerTap) do, and the call is forwarded after them."""
+    from vqtrace.vhost.engine import Notified, Notify, RecordBatch, Signal
+    from vqtrace.vhost.fastpath import fast_tap
+    from vqtrace.vhost.tap import tracker_tap
+
+    runs = []
+    for factory in (tracker_tap, fast_tap):
+        engine, guest, queue = proxied_queue(factory)
+        device = DeviceQueue(queue.config, guest.memory)
+        got = []
+        for n in range(3):
+            queue.add([struct.pack("<IIQ", 0, 0, n)], [512, 1])
+            commands = engine.handle(Notified(Notify.KICK, 0, 10 + n, 1))
+            got.append(recorded(commands))
+            chain = device.pop()
+            device.push(chain, 513)
+            commands = engine.handle(Notified(Notify.CALL, 0, 20 + n, 1))
+            kinds = [type(c).__name__ for c in commands]
+            assert kinds.index("Signal") > max(i for i, k in enumerate(kinds) if k in ("Record", "RecordBatch"))
+            got.append(recorded(commands))
+            assert any(isinstance(c, Signal) for c in commands)
+            if factory is fast_tap:
+                assert any(isinstance(c, RecordBatch) for c in commands)
+            queue.get_used()
+        runs.append([[event_key(e) for e in events] for events in got])
+        engine.release()
+        guest.close()
+    assert runs[0] == runs[1]
+    assert [e[0] for e in runs[1][1]] == [EventKind.CALL, EventKind.USED]
+
+
+def test_a_batch_without_a_notification_is_not_recorded_when_empty():
+    from vqtrace.vhost.engine import RecordBatch, Tick
+    from vqtrace.vhost.fastpath import fast_tap
+
+    engine, guest, _ = proxied_queue(fast_tap)
+    assert not [c for c in engine.handle(Tick(5)) if isinstance(c, RecordBatch)]
+    engine.release()
+    guest.close()

@@ -70,7 +70,7 @@ class _Rows:
     def descs(self) -> list[Descriptor]:
         out = self._descs
         if out is None:
-            picked = self.rows if self.pick is None else self.rows[self.pick]
+            picked = self.rows if self.pick is None else self.rows.take(np.array(self.pick, dtype=np.intp))
             addr, length, flags = picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist()
             if self.packed:
                 cols = zip(addr, length, flags, self.index, repeat(0), picked["id"].tolist(), repeat(self.in_indirect))
@@ -225,7 +225,7 @@ _ENTRIES: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> ([1, 2, ..., 
 
 
 def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
-                   ) -> tuple[list[int], list[int], list[int] | None]:
+                   ) -> tuple[Sequence[int], Sequence[int], Sequence[int] | None]:
     """Per entry of a split descriptor table (2.7.5): the entry its NEXT links to (``_STOP`` without NEXT,
     ``_CAREFUL`` when a chain through it must be walked carefully: INDIRECT, too long, outside [lo, hi),
     a link out of the table, or writable and linking to a readable one, 2.7.4.2); and its weight:
@@ -246,27 +246,28 @@ def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
     length = meta & _M32
     write = high & _WRITE
     prefix = np.zeros(size + 1, dtype=np.uint64)
-    np.cumsum(np.where(write, length, length << _U32), out=prefix[1:])  # wraps at 2^64: differences hold
+    np.add.accumulate(np.where(write, length, length << _U32), out=prefix[1:])  # wraps at 2^64: differences hold
     # where a link out of the table points does not matter (it is ruled out): any entry will do
     target = nxt & np.uint64(size - 1) if not size & (size - 1) else np.minimum(nxt, np.uint64(size - 1))
     reads_after = ((high & _CHAINED) | (write[target] << _ONE)) == _CHAINED  # NEXT, WRITE, then not WRITE
-    ruled_out = meta & _RULED_OUT
+    # INDIRECT, a len of SMALL_LEN or more, or a next out of the table (with NEXT or not: a quick first look)
+    suspect = meta & (_RULED_OUT | np.uint64((0xFFFF & -size) << 48) if not size & (size - 1) else _RULED_OUT)
     end = addr + length
     np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
-    link_out = (step >= size) & (step != _STOP)
-    if ruled_out[ruled_out.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
-            or reads_after[reads_after.argmax()] or link_out[link_out.argmax()]:
+    if suspect[suspect.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
+            or reads_after[reads_after.argmax()] or size & (size - 1):
+        link_out = ((high & _NEXT) != 0) & (nxt >= np.uint64(size))
         outside = ((end > hi) | (addr < lo)) & (length != 0)
-        step[(ruled_out != 0) | outside | reads_after | link_out] = _CAREFUL
-    run_end = None
-    if runs:
-        entries = _ENTRIES.get(size)
-        if entries is None:
-            entries = _ENTRIES[size] = (np.arange(1, size + 1, dtype=np.uint64), np.arange(size, dtype=np.intp))
-        # the last entry always ends a run: a link to ``size`` is ruled out
-        breaks = (step != entries[0]).nonzero()[0]
-        run_end = breaks[breaks.searchsorted(entries[1])].tolist()
-    return step.tolist(), prefix.tolist(), run_end
+        step[((meta & _RULED_OUT) != 0) | outside | reads_after | link_out] = _CAREFUL
+    if not runs:
+        return step.tolist(), prefix.tolist(), None
+    entries = _ENTRIES.get(size)
+    if entries is None:
+        entries = _ENTRIES[size] = (np.arange(1, size + 1, dtype=np.uint64), np.arange(size, dtype=np.intp))
+    # the last entry always ends a run: a link to ``size`` is ruled out
+    breaks = (step != entries[0]).nonzero()[0]
+    # a walk run by run reads a few values per chain: memoryviews give them as ints without converting them all
+    return memoryview(step), memoryview(prefix), memoryview(breaks[breaks.searchsorted(entries[1])])
 
 
 def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
@@ -395,7 +396,7 @@ def _packed_entries(raw: bytes, size: int, lap: int, expect: int, lo: int, hi: i
     stop = int(available.argmin())
     if available[stop]:
         stop = size  # all available
-    ends = np.flatnonzero((flags[:stop] & _NEXT) == 0)
+    ends = ((flags[:stop] & _NEXT) == 0).nonzero()[0]
     if not len(ends):
         return [], [], [], None
     stop = int(ends[-1]) + 1  # slots after the last list's end are an unfinished list: the careful walker's
@@ -405,7 +406,7 @@ def _packed_entries(raw: bytes, size: int, lap: int, expect: int, lo: int, hi: i
     length = meta & _M32
     write = flags & _WRITE
     sums = np.add.reduceat(np.where(write, length, length << _U32), starts).tolist()
-    ids = (high[ends] & np.uint64(0xFFFF)).tolist()
+    ids = [x & 0xFFFF for x in high[ends].tolist()]
     # slot k readable while slot k - 1 is writable and links to it
     reads_after = ((flags[:-1] & _CHAINED) | (write[1:] << _ONE)) == _CHAINED
     ruled_out = meta & _PACKED_RULED_OUT

@@ -4,8 +4,16 @@ One section; one interface (IDB, link type LINKTYPE_USER0, nanosecond timestamps
 per event source, written before the first event of that source; one enhanced
 packet block per event. Each block goes to the kernel in one ``write`` as soon as
 it is made, so a recorder killed with SIGKILL leaves a file that is readable up to
-its last complete block. :meth:`TraceWriter.write_many` writes a batch of whole
-blocks at once (for conversions, where losing the tail on a crash does not matter).
+its last complete block. :meth:`TraceWriter.write_many` hands a batch of whole
+blocks to the kernel in one ``write`` (live capture gives it each wakeup's events;
+conversions whole files); a new source's interface block goes out at once, ahead of
+the batch's blocks made before it (readers do not mind: blocks refer to interfaces by
+number, and every block still follows its interface).
+
+The per-event path is short: the record (:func:`vqtrace.trace.record.encode`), then
+its enhanced packet block packed by one cached ``struct.Struct`` per record length,
+then one ``os.write`` of that single bytes object on the file descriptor (no Python
+buffering). Tests hold the blocks equal to :func:`vqtrace.trace.pcapng.enhanced_packet`.
 """
 
 from __future__ import annotations
@@ -26,6 +34,32 @@ from .record import encode
 _EPB_HEAD = struct.Struct("<IIIIIII")
 _TRAILER = struct.Struct("<I")
 _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
+_M32 = 0xFFFFFFFF
+#: Records up to this long get their whole enhanced packet block from one cached ``struct.Struct`` (one
+#: allocation, one copy); longer ones are joined from their parts.
+_FRAMED_MAX = 8192
+_FRAMES_MAX = 2048  # at most this many framing structs are kept (one per record length)
+_FRAMES: dict[int, struct.Struct] = {}  # record length -> its block's framing (see _framing), for every writer
+
+
+def _framing(size: int) -> struct.Struct:
+    """The enhanced packet block around a record of ``size`` bytes (draft-ietf-opsawg-pcapng, "Enhanced
+    Packet Block"): block type, total length, interface, timestamp high and low, captured and original
+    length, the record padded to 32 bits, the total length again."""
+    return struct.Struct(f"<7I{size}s{-size % 4}xI")
+
+
+def _frame(iface: int, ts: int, record: bytes) -> bytes:
+    """The enhanced packet block of ``record`` when its length has no framing struct yet (or is too long)."""
+    size = len(record)
+    if size <= _FRAMED_MAX and len(_FRAMES) < _FRAMES_MAX:
+        framing = _FRAMES[size] = _framing(size)
+        total = framing.size
+        return framing.pack(6, total, iface, (ts >> 32) & _M32, ts & _M32, size, size, record, total)
+    pad = -size % 4
+    total = 32 + size + pad
+    return b"".join((_EPB_HEAD.pack(6, total, iface, (ts >> 32) & _M32, ts & _M32, size, size), record,
+                     _PAD[pad], _TRAILER.pack(total)))
 
 
 class TraceWriter:
@@ -93,14 +127,15 @@ class TraceWriter:
             iface = self.interface(event.source, _auto_description(event, self._descriptions))
         record = encode(event, self.snaplen)
         size = len(record)
-        pad = -size % 4
-        total = 32 + size + pad
         ts = event.time_ns
-        return b"".join((_EPB_HEAD.pack(6, total, iface, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF, size, size),
-                         record, _PAD[pad], _TRAILER.pack(total)))
+        framing = _FRAMES.get(size)
+        if framing is not None:
+            total = framing.size
+            return framing.pack(6, total, iface, (ts >> 32) & _M32, ts & _M32, size, size, record, total)
+        return _frame(iface, ts, record)
 
     def write(self, event: Event) -> None:
-        """Write one event (one block, one system call)."""
+        """Write one event: one block, handed to the kernel in one system call."""
         block = self.block(event)
         fd = self._fd
         if fd is not None:
@@ -115,20 +150,39 @@ class TraceWriter:
         self.count += 1
 
     def write_many(self, events: Iterable[Event], batch: int = 4096) -> int:
-        """Write events in batches of whole blocks; returns how many were written."""
+        """Write events in batches of whole blocks (each batch in one system call); returns how many.
+
+        Live capture hands each wakeup's events over here. When an event cannot be encoded, the
+        blocks before it are written first, then the error is raised.
+        """
         written = 0
         blocks: list[bytes] = []
-        make = self.block
-        for event in events:
-            blocks.append(make(event))
-            if len(blocks) >= batch:
-                self._emit(b"".join(blocks))
+        add = blocks.append
+        interfaces, frames, snaplen = self._interfaces, _FRAMES, self.snaplen
+        try:
+            for event in events:  # self.block(event), inline
+                iface = interfaces.get(event.source)
+                if iface is None:  # (its interface block is written at once, before the blocks made so far)
+                    iface = self.interface(event.source, _auto_description(event, self._descriptions))
+                record = encode(event, snaplen)
+                size = len(record)
+                ts = event.time_ns
+                framing = frames.get(size)
+                if framing is None:
+                    add(_frame(iface, ts, record))
+                else:
+                    total = framing.size
+                    add(framing.pack(6, total, iface, (ts >> 32) & _M32, ts & _M32, size, size, record, total))
+                if len(blocks) >= batch:
+                    self._emit(b"".join(blocks))
+                    written += len(blocks)
+                    blocks = []
+                    add = blocks.append
+        finally:
+            if blocks:
+                self._emit(b"".join(blocks) if len(blocks) > 1 else blocks[0])
                 written += len(blocks)
-                blocks = []
-        if blocks:
-            self._emit(b"".join(blocks))
-            written += len(blocks)
-        self.count += written
+            self.count += written
         return written
 
     def _emit(self, data: bytes) -> None:

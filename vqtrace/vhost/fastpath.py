@@ -42,10 +42,10 @@ from ..events import Direction, Event, EventKind
 from ..memory import GuestMemory
 from ..model import Chain, Descriptor, Layout, QueueConfig, RingState, UsedElem
 from ..rings import anomalies as A
-from ..rings.chain import CHAIN_BYTES_LIMIT, DESC_STRUCT, ring_indices, walk_split_chain
+from ..rings.chain import CHAIN_BYTES_LIMIT, DESC_STRUCT, MAX_QUEUE_SIZE, ring_indices, walk_split_chain
 from ..rings.split import AVAIL_RING, USED_RING
 from ..rings.tracker import RingChanges, RingTracker, SplitTracker
-from .records import CHAIN_AND_SIZE, QueueBlocks, chain_and_readable, chain_bytes, sized, split_chain_bytes
+from .records import CHAIN_AND_SIZE, QueueBlocks, chain_and_readable, chain_and_size, chain_bytes, sized
 from .tap import DEFAULT_SNAPLEN, TrackerTap
 
 _NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
@@ -54,12 +54,14 @@ _USED_ELEM = struct.Struct("<II")  # 2.7.8: struct virtq_used_elem: le32 id, le3
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _UNMAPPED = (A.RING_UNMAPPED, 0)
+_MAX_TABLE = MAX_QUEUE_SIZE * SPLIT_DESC_SIZE  # 2.7.5.3: an indirect table holds at most 2^15 entries
 # The SplitTracker state poll_lean keeps (it reads and writes it as SplitTracker.poll does).
 _STATE = ("_in_flight", "_desc_owner", "_pending", "_reported", "avail_idx", "used_idx", "avail_flags", "used_flags",
           "used_event", "avail_event", "bounds")
 
 # A chain the lean poll read (a list): its head and avail index; ``args``: addr, len, flags, index,
-# next of each descriptor (the record's order; None when walk_split_chain read it, E_CHAIN then set);
+# next of each descriptor, the record's order (then in_indirect, 1, for the entries of an indirect
+# table: see _Lazy; None when walk_split_chain read it, E_CHAIN then set);
 # the table entries it holds; its readable and writable lengths; the readable bytes kept and whether
 # they were cut; what its AVAIL and USED records share (records.chain_and_readable); its writable
 # (addr, len) spans (None: read them as TrackerTap does); its Chain, once made.
@@ -75,7 +77,9 @@ _new_desc = tuple.__new__
 
 
 class _Lazy(tuple):
-    """The lazy descriptors of a chain the lean walk read: ``(args, indices)`` (see ``E_ARGS``)."""
+    """The lazy descriptors of a chain the lean walk read: ``(args, indices)`` (see ``E_ARGS``): one
+    descriptor per ring index, five values each, then the entries of its indirect table, if any,
+    six values each (the sixth is ``in_indirect``, 1)."""
 
     __slots__ = ()
 
@@ -88,9 +92,12 @@ class _Lazy(tuple):
         return self[1]
 
     def materialize(self) -> list[Descriptor]:
-        args = self[0]
-        return [_new_desc(Descriptor, (args[k], args[k + 1], args[k + 2], args[k + 3], args[k + 4], 0, False))
-                for k in range(0, len(args), 5)]
+        args, ring = self[0], 5 * len(self[1])
+        out = [_new_desc(Descriptor, (args[k], args[k + 1], args[k + 2], args[k + 3], args[k + 4], 0, False))
+               for k in range(0, ring, 5)]
+        out += [_new_desc(Descriptor, (args[k], args[k + 1], args[k + 2], args[k + 3], args[k + 4], 0, True))
+                for k in range(ring, len(args), 6)]
+        return out
 
 
 def chain_of(entry: list, queue: int) -> Chain:
@@ -122,6 +129,7 @@ class FastSplitTracker(SplitTracker):
         self.kept = {} if kept is None else kept
         self._lean: dict[int, list] = {}  # head -> entry: chains in flight the lean poll read, after _in_flight's
         self._event_idx = config.event_idx
+        self._indirect = config.indirect
         self._size = config.size
         self._gen = -1
         self._views: tuple | None = None
@@ -330,7 +338,7 @@ class FastSplitTracker(SplitTracker):
         """Walk the new entries ``start .. stop - 1`` into the in-flight set (lean entries, in ``found``
         too); False at an anomaly (candidate): the caller undoes the poll."""
         config, in_flight, lean, owner, size = self.config, self._in_flight, self._lean, self._desc_owner, self._size
-        snaplen = self.snaplen
+        snaplen, indirect = self.snaplen, self._indirect
         unpack = DESC_STRUCT.unpack_from
         hot = self.hot
         lo, hi, data = hot if hot is not None else (0, -1, None)
@@ -339,10 +347,10 @@ class FastSplitTracker(SplitTracker):
             avail_idx = (old_avail + k) & 0xFFFF
             if head in lean or head in in_flight:  # HEAD_REUSED_IN_FLIGHT
                 return False
-            # The chain: direct descriptors, readable before writable, in one region each, at most
-            # the queue size of them (2.7.4.2, 2.7.5, 2.7.5.3.1); its descriptors become its own
-            # (2.7.13.1). Else (an indirect table, a buffer across regions, a loop or another
-            # anomaly) walk_split_chain reads it.
+            # The chain: direct descriptors, then at most one indirect table of them (2.7.5.3),
+            # readable before writable, each in one memory region, at most the queue size of them
+            # (2.7.4.2, 2.7.5, 2.7.5.3.1); its ring descriptors become its own (2.7.13.1). Else (a
+            # buffer across regions, a loop or any anomaly) walk_split_chain reads it.
             plain = head < size
             args: list[int] = []
             indices = [head]
@@ -352,16 +360,38 @@ class FastSplitTracker(SplitTracker):
             left = snaplen
             seen_write = False
             i = head
+            desc, entries, in_table = table, size, 0
+            count = 1  # buffers so far, this one included
             while plain:
-                addr, length, flags, nxt = unpack(table, i << 4)
+                addr, length, flags, nxt = unpack(desc, i << 4)
                 if flags & _INDIRECT:
-                    plain = False
-                    break
-                holder = owner[i]
-                if holder >= 0 and holder != head and (holder in lean or holder in in_flight):  # DESC_REUSED_IN_FLIGHT
-                    return False
-                owner[i] = head
-                args += (addr, length, flags, i, nxt)
+                    # One table, last in the chain, negotiated, a non-zero multiple of 16 bytes, in memory.
+                    if (in_table or not indirect or flags & _NEXT or not length or length & 15
+                            or length > _MAX_TABLE):
+                        plain = False
+                        break
+                    if not (lo <= addr and addr + length <= hi):
+                        region = self.region(addr, length)
+                        if region is None:
+                            plain = False
+                            break
+                        lo, hi, data = region
+                    holder = owner[i]
+                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                        return False  # DESC_REUSED_IN_FLIGHT
+                    owner[i] = head
+                    args += (addr, length, flags, i, nxt)
+                    desc, entries, i, in_table = data[addr - lo:addr - lo + length], length >> 4, 0, 1
+                    continue
+                if in_table:
+                    args += (addr, length, flags, i, nxt, 1)
+                    in_table += 1
+                else:
+                    holder = owner[i]
+                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                        return False  # DESC_REUSED_IN_FLIGHT
+                    owner[i] = head
+                    args += (addr, length, flags, i, nxt)
                 if length and not (lo <= addr and addr + length <= hi):
                     region = self.region(addr, length)
                     if region is None:
@@ -383,17 +413,24 @@ class FastSplitTracker(SplitTracker):
                         left -= take
                 if not flags & _NEXT:
                     break
-                if nxt >= size or len(indices) >= size:  # (a loop runs into the second test)
+                if nxt >= entries or count >= size:  # (a loop runs into the second test)
                     plain = False
                     break
-                indices.append(nxt)
+                count += 1
+                if not in_table:
+                    indices.append(nxt)
                 i = nxt
             if plain and readable + writable <= CHAIN_BYTES_LIMIT:
                 n = len(indices)  # (readable, writable < 2^32: the record's u32 fields need no mask)
                 kept = b"".join(parts)
-                shared = CHAIN_AND_SIZE[n].pack(head, avail_idx, 0, n, readable, writable, *args, len(kept)) + kept \
-                    if n < 9 else chain_and_readable(split_chain_bytes(head, avail_idx, readable, writable, n, args),
-                                                     kept)
+                if in_table:
+                    in_table -= 1  # the table's entries
+                    shared = chain_and_size(n, in_table).pack(head, avail_idx, 0, n + in_table, readable, writable,
+                                                              *args, len(kept)) + kept
+                else:
+                    shared = CHAIN_AND_SIZE[n].pack(head, avail_idx, 0, n, readable, writable, *args, len(kept)) + \
+                        kept if n < 9 else chain_and_size(n, 0).pack(head, avail_idx, 0, n, readable, writable, *args,
+                                                                     len(kept)) + kept
                 entry = [head, avail_idx, args, indices, readable, writable, kept, readable > len(kept), shared, spans,
                          None]
             else:

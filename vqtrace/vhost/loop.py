@@ -47,6 +47,7 @@ from .fastpath import expand
 log = logging.getLogger("vqtrace.vhost")
 
 _READS_PER_WAKEUP = 64
+_MAX_DEFERRED = 8  # wakeups the trace may wait for while other fds are ready
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: selectors keep the old data of an "equal" Watch
@@ -93,6 +94,10 @@ class _Poller:
             return []
         data = self.data
         return [data[fd] for fd, _ in ready if fd in data]
+
+    def pending(self) -> bool:
+        """Whether some fd is ready now."""
+        return bool(self._epoll.poll(0))
 
     def close(self) -> None:
         self._epoll.close()
@@ -154,6 +159,7 @@ class Loop:
         self._queue: deque[object] = deque()
         self._feeding = False
         self._wake_at: float | None = None  # a role's follow-up Tick (WakeAfter), monotonic seconds
+        self._deferred = 0  # wakeups since the trace was last written (run: another fd was ready)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -235,7 +241,13 @@ class Loop:
                 self._wake_at = None
                 self._feed(Tick(time.time_ns()))
             if self._records:
-                self.flush()
+                # Write the trace when nothing else waits: a call that came in meanwhile is read and
+                # forwarded first (its peer waits for it; the trace's order is kept either way).
+                if self._deferred < _MAX_DEFERRED and self.ended is None and self.selector.pending():
+                    self._deferred += 1
+                else:
+                    self._deferred = 0
+                    self.flush()
         self.flush()
         assert self.ended is not None
         return self.ended

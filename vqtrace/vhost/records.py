@@ -43,9 +43,26 @@ def _split_chain_struct(ndesc: int) -> struct.Struct:
 
 
 _CHAIN_STRUCTS = [_split_chain_struct(n) for n in range(9)]
-#: The same, followed by the u32 size of the readable bytes kept (what the AVAIL and USED records of a
-#: chain share, before those bytes: see :func:`chain_and_readable`).
-CHAIN_AND_SIZE = [struct.Struct("<" + _CHAIN_FMT + _SPLIT_DESC_FMT * n + "I") for n in range(9)]
+# An entry of an indirect table: the same, with in_indirect (1) given.
+_TABLE_DESC_FMT = "QIHHH2xB3x"
+assert struct.calcsize("<" + _TABLE_DESC_FMT) == layout.DESC_SIZE
+_CHAIN_AND_SIZE: dict[tuple[int, int], struct.Struct] = {}
+
+
+def chain_and_size(ring: int, table: int) -> struct.Struct:
+    """The chain part of a split chain of ``ring`` descriptors, then ``table`` entries of an indirect
+    table, followed by the u32 size of the readable bytes kept (what the AVAIL and USED records of a
+    chain share, before those bytes: see :func:`chain_and_readable`). Its values: id, avail idx,
+    flags, ndesc, readable and writable lengths, ``addr, len, flags, index, next`` of each ring
+    descriptor, the same and 1 (in_indirect) for each table entry, the size."""
+    st = _CHAIN_AND_SIZE.get((ring, table))
+    if st is None:
+        st = _CHAIN_AND_SIZE[ring, table] = struct.Struct(
+            "<" + _CHAIN_FMT + _SPLIT_DESC_FMT * ring + _TABLE_DESC_FMT * table + "I")
+    return st
+
+
+CHAIN_AND_SIZE = [chain_and_size(n, 0) for n in range(9)]
 
 
 def split_chain_bytes(head: int, avail_idx: int, readable_len: int, writable_len: int, ndesc: int,
