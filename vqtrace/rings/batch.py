@@ -1,19 +1,29 @@
 """Walking many chains at once (the ring readers' fast path for big polls).
 
 A poll that finds many new chains (a ring's worth after a burst of kicks, a dump, a
-trace catching up) reads the descriptor table once, into a numpy copy with the
-structured dtype derived from the construct definitions (``dissectors/fastpath.py``),
-and checks every entry with a few vectorised passes: is it INDIRECT, outside guest
-memory, a link out of the table, writable and linking to a readable one (2.7.4.2)?
-Python then only follows the links, one list lookup per descriptor. The descriptors of
-all the chains of one walk are built together, the first time one chain's are read.
+trace catching up) copies the descriptor table once and checks every entry with a few
+vectorised numpy passes over it, read as the little-endian words of the layout
+(``SPLIT_DTYPE``/``PACKED_DTYPE`` come from the construct definitions, via
+``dissectors/fastpath.py``): is it INDIRECT, too long, outside guest memory, a link out
+of the table, writable and linking to a readable one (2.7.4.2)? numpy calls, not
+entries, are what costs here, so the checks run over the whole table at once and only
+when one fails is the culprit found. Then:
 
-Only the common case is done here: direct descriptors (or one indirect table per chain,
-laid out as Linux does), in memory, readable before writable, no loop, at most
-``MAX_STEPS`` long, buffers under ``SMALL_LEN`` bytes. Any chain that is not (or might
-not be) is handed back to the walkers of :mod:`vqtrace.rings.chain`, which find and
-name the anomaly. Tests (tests/test_chain_fastpath.py, hypothesis) hold the results
-equal to the careful walkers'.
+- split (2.7.5): Python follows the links, a run of entries that each link to the next
+  one (as drivers lay chains out) in one step, and sums each chain's readable and
+  writable bytes from prefix sums;
+- packed (2.8.5, 2.8.6): the lists are runs of slots, found with numpy, their byte
+  counts summed with it.
+
+No Descriptor is made then: a chain's descriptors are made, with those of every chain
+of the same walk, the first time one of them is read (from the copy: later ring writes
+do not show). Only the common case is done here: direct descriptors (or one indirect
+table per chain, laid out as Linux does), in memory, readable before writable, no loop,
+at most ``MAX_STEPS`` long, buffers under ``SMALL_LEN`` bytes. Any chain that is not (or
+might not be) is handed to the walkers of :mod:`vqtrace.rings.chain`, which find and
+name the anomaly. Tests (tests/test_chain_fastpath.py, tests/test_rings_batch.py,
+hypothesis) hold the results equal to the careful walkers' and the trackers' results
+equal with and without these walks.
 """
 
 from __future__ import annotations

@@ -11,11 +11,13 @@ Sans-io core (bytes, fds and memory views in; messages, events and commands out)
 - :mod:`.state`: what one connection negotiated (features, protocol features, memory
   table, vrings, inflight description, replies owed under REPLY_ACK).
 - :mod:`.engine`: the events (DataReceived, PeerClosed, Notified, Tick, Stop) and commands
-  (Send, Watch, Attach, Close, Record, Log, Signal, WakeAfter, SessionEnded).
+  (Send, Watch, Attach, Close, Record, RecordBatch, Log, Signal, WakeAfter, SessionEnded).
 - :mod:`.proxy` (:class:`~.proxy.ProxyEngine`), :mod:`.backend` (:class:`~.backend.BackendEngine`):
-  the roles; :mod:`.tap`: ring activity as trace events; :mod:`.playbook`: scripted tests.
+  the roles; :mod:`.tap`: ring activity as trace events; :mod:`.fastpath` and :mod:`.records`:
+  the proxy's hot path (split rings read lean, trace blocks without events), held equal to
+  :mod:`.tap`; :mod:`.playbook`: scripted tests.
 
-Edges: :mod:`.loop` (AF_UNIX sockets with SCM_RIGHTS, eventfds, a selector),
+Edges: :mod:`.loop` (AF_UNIX sockets with SCM_RIGHTS, eventfds, epoll),
 :mod:`.server` (listening socket, sessions, reconnects), :mod:`.live` (``vqtrace live``),
 :mod:`.extcap` (Wireshark live capture). Front-end: :mod:`.frontend` (and :mod:`.load`,
 a load generator). :mod:`.demo` and :mod:`.harness` run everything together.

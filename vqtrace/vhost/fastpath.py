@@ -37,7 +37,6 @@ import struct
 from typing import Any
 
 from ..dissectors.virtqueue import SPLIT_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from ..errors import GuestMemoryError
 from ..events import Direction, Event, EventKind
 from ..memory import GuestMemory
 from ..model import Chain, Descriptor, Layout, QueueConfig, RingState, UsedElem
@@ -176,17 +175,18 @@ class FastSplitTracker(SplitTracker):
         config, memory, size = self.config, self.memory, self.config.size
         self._gen = memory.generation
         self._views = self.hot = None
-        try:
-            extra = 2 if config.event_idx else 0  # used_event after avail->ring[], avail_event after used->ring[]
-            avail = memory.view(config.driver, AVAIL_RING + 2 * size + extra)
-            used = memory.view(config.device, USED_RING + 8 * size + extra)
-            table = memory.view(config.desc, SPLIT_DESC_SIZE * size)
-        except GuestMemoryError:
-            return None  # the careful poll reports RING_UNMAPPED
-        region = memory.region_at(config.desc)
-        if region is not None:
-            self.hot = (region.guest_addr, region.end, region.data)
-        self._views = (avail, used, table)
+        extra = 2 if config.event_idx else 0  # used_event after avail->ring[], avail_event after used->ring[]
+        areas = ((config.driver, AVAIL_RING + 2 * size + extra), (config.device, USED_RING + 8 * size + extra),
+                 (config.desc, SPLIT_DESC_SIZE * size))
+        views = []
+        for addr, length in areas:
+            region = memory.region_at(addr)
+            if region is None or addr + length > region.end:
+                return None  # unmapped (the careful poll says so) or across two regions (a copy, not a view)
+            offset = addr - region.guest_addr
+            views.append(region.data[offset:offset + length])
+        self.hot = (region.guest_addr, region.end, region.data)  # the descriptor table's
+        self._views = tuple(views)
         return self._views
 
     def region(self, addr: int, length: int) -> tuple[int, int, memoryview] | None:

@@ -335,13 +335,17 @@ class FrontEnd:
         self.request(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(index, 0, self.user_addr(config.desc),
                                                                 self.user_addr(config.device),
                                                                 self.user_addr(config.driver), config.device)))
+        # The last of these waits for the back-end's REPLY_ACK: once it came, every one of them was
+        # handled, so a first kick (an eventfd, faster than messages through a proxy) cannot find
+        # the ring started without its call fd.
+        enabling = bool(enable and self.features & p.F_PROTOCOL_FEATURES)
         if not (inband and self.channel is not None):
             self.request(p.SET_VRING_KICK, p.pack_vring_file(index), fds=[kick])
             self.request(p.SET_VRING_CALL, p.pack_vring_file(index), fds=[call])
-            self.request(p.SET_VRING_ERR, p.pack_vring_file(index), fds=[err])
+            self.request(p.SET_VRING_ERR, p.pack_vring_file(index), fds=[err], need_reply=not enabling)
         # else "VHOST_USER_VRING_KICK" starts the ring and BACKEND_VRING_CALL replaces the call fd
-        if enable and self.features & p.F_PROTOCOL_FEATURES:
-            self.request(p.SET_VRING_ENABLE, p.pack_state(index, 1))
+        if enabling:
+            self.request(p.SET_VRING_ENABLE, p.pack_state(index, 1), need_reply=True)
         return queue
 
     def start(self, *, status: bool = True) -> None:
