@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import struct
 import subprocess
 import sys
@@ -276,3 +277,93 @@ def test_a_new_call_fd_mid_session_keeps_calls_flowing(tmp_path, qsd):
         live.join(10)
     used = blk_requests(read_trace(trace), EventKind.USED)
     assert [s for _, s, _ in used] == [1, 2, 3, 4]
+
+
+class HeldTrace:
+    """A BlockSink that, once armed, holds the write of the first records holding a CALL until released."""
+
+    def __init__(self, sink) -> None:
+        import threading
+
+        self.sink = sink
+        self.armed = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, records) -> int:
+        from vqtrace.vhost.fastpath import RingBatch
+
+        calls = [r for r in records if (r.notify is not None and r.notify[0] == int(EventKind.CALL)
+                                        if isinstance(r, RingBatch) else r.kind is EventKind.CALL)]
+        if self.armed and calls:
+            self.armed = False
+            self.holding.set()
+            assert self.release.wait(10), "the test never released the trace"
+        return self.sink(records)
+
+
+@pytest.fixture(params=["qemu-storage-daemon", "reference"])
+def backend_socket(request, tmp_path: Path):
+    """qemu-storage-daemon, or vqtrace's own blk back-end, on a socket, over a disk with data."""
+    from vqtrace.devices.blk import BlkDevice
+
+    data = bytes(random.Random(7).randrange(256) for _ in range(8 << 20))
+    if request.param == "reference":
+        device = BlkDevice(size=8 << 20)
+        device.backend.write(0, data)
+        with LiveThread(LiveOptions(socket=str(tmp_path / "backend.sock"), device=device, once=True)) as backend:
+            yield tmp_path / "backend.sock", data
+            backend.join(10)
+        device.backend.close()
+        return
+    require_tool("qemu-storage-daemon")
+    image = make_image(tmp_path / "disk.img", 8 << 20)
+    image.write_bytes(data)
+    with StorageDaemon(image, tmp_path / "qsd.sock") as daemon:
+        yield daemon.socket, data
+
+
+def test_a_call_is_forwarded_before_its_records_are_written(tmp_path, backend_socket):
+    """The call reaches the driver while the trace write of its USED record is still held; the
+    driver then overwrites the request's buffers at once: the trace has the bytes of the call."""
+    from vqtrace.dissectors.virtqueue import VIRTQ_DESC_F_WRITE
+    from vqtrace.vhost.frontend import drain_used
+
+    socket_path, data = backend_socket
+    trace = tmp_path / "trace.pcapng"
+    options = LiveOptions(socket=str(tmp_path / "vq.sock"), backend=str(socket_path), device_type=2, once=True)
+    with TraceWriter(trace) as writer:
+        live = LiveThread(options, writer.write)
+        held = live.live.block_sink = HeldTrace(live.live.block_sink)
+        with live:
+            client = BlkClient.connect(options.socket, timeout=5)
+            fe = client.fe
+            driver, call_fd = fe.queues[0].driver, fe.queues[0].call_fd
+            alloc, memory = fe.guest.allocator, fe.guest.memory
+            hdr, buf, status = alloc.alloc(16), alloc.alloc(4096, align=512), alloc.alloc(1)
+            held.armed = True
+            memory.write(hdr, BLK_HDR.pack(VIRTIO_BLK_T_IN, 0, 24))
+            driver.add_elements([(hdr, 16, 0), (buf, 4096, VIRTQ_DESC_F_WRITE), (status, 1, VIRTQ_DESC_F_WRITE)])
+            driver.kick()
+            poller = select.poll()
+            poller.register(call_fd, select.POLLIN)
+            try:
+                used: list = []
+                deadline = time.monotonic() + 5
+                while not used:  # (a back-end may call once when the queue starts: nothing is used then)
+                    assert poller.poll(max(0, deadline - time.monotonic()) * 1000), "no call"
+                    os.eventfd_read(call_fd)
+                    used = drain_used(driver)
+                assert held.holding.wait(5)  # the write of the call's records waits, the call did not
+                (got,) = used
+                assert got.written == data[24 * 512:24 * 512 + 4096] + b"\0"
+                memory.write(buf, b"\xee" * 4096)  # the driver reuses the buffers at once
+                memory.write(hdr, BLK_HDR.pack(VIRTIO_BLK_T_OUT, 0, 999))
+                memory.write(status, b"\x0a")
+            finally:
+                held.release.set()
+            client.close()
+            assert not live.join(10).error
+    used = [e for e in read_trace(trace) if e.kind is EventKind.USED]
+    assert used[-1].data == BLK_HDR.pack(VIRTIO_BLK_T_IN, 0, 24)
+    assert used[-1].written == data[24 * 512:24 * 512 + 4096] + b"\0"

@@ -67,8 +67,16 @@ OPS = st.one_of(
 )
 
 
+def _plain(chain) -> list[tuple]:
+    """The chain's descriptors as tuples, checking they hold plain ints and bools (not numpy scalars)."""
+    rows = [tuple(d) for d in chain.descriptors]
+    assert all(type(x) is int for row in rows for x in row[:6]) and all(type(row[6]) is bool for row in rows)
+    assert type(chain.readable_len) is int and type(chain.writable_len) is int and type(chain.id) is int
+    return rows
+
+
 def _summary(changes) -> tuple:
-    avail = [(c.id, c.avail_idx, c.wrap, c.readable_len, c.writable_len, c.ring_len, [tuple(d) for d in c.descriptors],
+    avail = [(c.id, c.avail_idx, c.wrap, c.readable_len, c.writable_len, c.ring_len, _plain(c),
               [(a.code, a.message) for a in c.anomalies]) for c in changes.avail]
     used = [(u.elem, None if u.chain is None else (u.chain.id, u.chain.avail_idx)) for u in changes.used]
     anomalies = [(a.code, a.message, a.id, a.address) for a in changes.anomalies]
@@ -207,7 +215,7 @@ def _memory(table: bytes, at: int) -> GuestMemory:
 def _same(a, b) -> None:
     assert (a.id, a.avail_idx, a.wrap, a.readable_len, a.writable_len, a.ring_len) == \
         (b.id, b.avail_idx, b.wrap, b.readable_len, b.writable_len, b.ring_len)
-    assert [tuple(d) for d in a.descriptors] == [tuple(d) for d in b.descriptors]
+    assert _plain(a) == _plain(b)
     assert [x.code for x in a.anomalies] == [x.code for x in b.anomalies]
 
 

@@ -264,6 +264,61 @@ def test_fast_tap_events_equal_tracker_tap_events(shape, ops, snaplen):
         assert [event_key(e) for e in events] == [event_key(e) for e in expected]
 
 
+def events_of(answer) -> list[Event]:
+    return answer.events() if isinstance(answer, RingBatch) else answer
+
+
+@CASES
+@given(SHAPES, OPS, st.sampled_from([65536, 16]),
+       st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=5), st.booleans())
+def test_partial_looks_add_up_to_one_look(shape, ops, snaplen, looks, mostly_clean):
+    """The proxy's partial looks (a kick walks a few chains, a call only what its used elements need,
+    idle time the rest, a few at a time), then a full one, find what one TrackerTap poll finds: the
+    same AVAIL events in avail order, the same USED events in used order, the same anomalies."""
+    size, bits, split, seed = shape
+    world = World(size, features_of(bits), seed)
+    if mostly_clean:
+        ops = [op for op in ops if op not in ("poke", "ring", "reuse", "bad")] + ["poll"]
+    memory = tracker_memory(world.guest, split)
+    ref = TrackerTap(world.config, memory, 0, "q", snaplen=snaplen)
+    fast = FastTap(world.config, memory, 0, "q", snaplen=snaplen)
+    for n, op in enumerate([*ops, "poll"]):
+        if op != "poll":
+            world.step(op)
+            continue
+        expected = ref.poll(n)
+        got: list[Event] = []
+        for limit, used_side in looks:
+            got += events_of(fast.poll_batch(n, limit, used_side=used_side))
+            assert fast.unwalked >= 0
+        got += events_of(fast.poll_batch(n))
+        assert fast.unwalked == 0
+        for kind in (EventKind.AVAIL, EventKind.USED, EventKind.ANOMALY):
+            assert [event_key(e) for e in got if e.kind is kind] == [event_key(e) for e in expected if e.kind is kind]
+        assert tracker_state(fast.tracker) == tracker_state(ref.tracker)
+
+
+def test_a_partial_look_walks_only_what_it_is_asked_to():
+    world = World(32, features_of([VIRTIO_F_EVENT_IDX]), 2)
+    fast = FastSplitTracker(world.config, world.memory, avail_idx=0)
+    for _ in range(10):
+        world.queue.add([b"h" * 16], [512, 1])
+    found, done = fast.poll_lean(2, used_side=False)
+    assert len(found) == 2 and not done and fast.unwalked == 8 and fast.avail_idx == 2
+    chains = world.device.pop_all()
+    world.device.push_batch([(c, c.writable_len) for c in chains[:3]])
+    found, done = fast.poll_lean(0, used_side=False)  # nothing to walk, the used side left alone
+    assert not found and not done and fast.unwalked == 8 and fast.used_idx == 0
+    found, done = fast.poll_lean(0)  # the used side: chain 2 is walked because its used element needs it
+    assert [entry[E_HEAD] for entry in found] == [chains[2].id] and [d[1] for d in done] == [c.id for c in chains[:3]]
+    assert fast.unwalked == 7 and fast.avail_idx == 3 and fast.used_idx == 3
+    found, _ = fast.poll_lean(4, used_side=False)
+    assert [entry[E_HEAD] for entry in found] == [c.id for c in chains[3:7]] and fast.unwalked == 3
+    found, done = fast.poll_lean()
+    assert [entry[E_HEAD] for entry in found] == [c.id for c in chains[7:]] and not done and fast.unwalked == 0
+    assert sorted(fast.in_flight) == sorted(c.id for c in chains[3:])
+
+
 # -- the blocks ---------------------------------------------------------------------------------
 
 
@@ -390,7 +445,7 @@ def test_in_order_queues_are_read_carefully(in_order):
 # -- in the proxy -------------------------------------------------------------------------------
 
 
-def proxied_queue(tap_factory):
+def proxied_queue(tap_factory, size: int = 8):
     """A ProxyEngine that has seen a queue set up (memory table, ring, kick and call fds)."""
     from vqtrace.vhost import protocol as p
     from vqtrace.vhost.codec import Message
@@ -400,12 +455,12 @@ def proxied_queue(tap_factory):
     engine = ProxyEngine(tap_factory=tap_factory, device_type=2)
     user = 0x7E00_0000_0000
     guest = GuestDriver.in_memfd(RAM, 0, user_addr=user)
-    queue = guest.queue(0, 8, features=1 << VIRTIO_F_VERSION_1)
+    queue = guest.queue(0, size, features=1 << VIRTIO_F_VERSION_1)
     c = queue.config
     kick, call = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
     for msg in (Message.make(p.SET_FEATURES, p.pack_u64(1 << VIRTIO_F_VERSION_1)),
                 Message.make(p.SET_MEM_TABLE, p.pack_memory([p.MemoryRegion(0, RAM, user, 0)]), fds=[os.dup(guest.fd)]),
-                Message.make(p.SET_VRING_NUM, p.pack_state(0, 8)),
+                Message.make(p.SET_VRING_NUM, p.pack_state(0, size)),
                 Message.make(p.SET_VRING_ADDR, p.pack_addr(p.VringAddr(0, 0, user + c.desc, user + c.device,
                                                                        user + c.driver, c.device))),
                 Message.make(p.SET_VRING_KICK, p.pack_vring_file(0), fds=[kick]),
@@ -483,3 +538,47 @@ def test_rings_across_two_regions_are_read_carefully():
         assert fast.poll_lean() is None
         assert careful_answer(fast) == careful_answer(ref)
     assert len(fast.in_flight) == 3
+
+
+def test_a_call_waits_for_no_long_walk_and_copies_its_bytes_at_once():
+    """A kick walks a few of its chains, a call the ones its used elements need (then it is forwarded),
+    idle time the rest, a few at a time. What a call records is copied before it is forwarded: a
+    driver that reuses the buffers at once (it may, once it has the call) changes nothing in it."""
+    from vqtrace.vhost.engine import Notified, Notify, RecordBatch, Signal, Work
+    from vqtrace.vhost.fastpath import fast_tap
+    from vqtrace.vhost.proxy import KICK_WALK, WORK_WALK
+
+    engine, guest, queue = proxied_queue(fast_tap, size=64)
+    device = DeviceQueue(queue.config, guest.memory)
+    for n in range(20):
+        queue.add([struct.pack("<IIQ", 0, 0, n)], [512, 1])
+    kick = recorded(engine.handle(Notified(Notify.KICK, 0, 10, 1)))
+    assert [e.kind for e in kick] == [EventKind.KICK] + [EventKind.AVAIL] * KICK_WALK
+    tap = engine.taps[0]
+    assert engine.has_work() and tap.unwalked == 20 - KICK_WALK
+    chains = [device.pop() for _ in range(KICK_WALK + 3)]
+    for chain in chains:
+        guest.memory.write(chain.writable[0].addr, bytes([chain.avail_idx]) * 512 + b"\0")
+        device.push(chain, 513)
+    commands = engine.handle(Notified(Notify.CALL, 0, 20, 1))
+    assert [type(c) for c in commands if isinstance(c, RecordBatch | Signal)] == [RecordBatch, Signal]
+    assert tap.unwalked == 20 - KICK_WALK - 3
+    for chain in chains:  # the driver has the call: it reuses the buffers at once
+        guest.memory.write(chain.readable[0].addr, b"\xee" * 16)
+        guest.memory.write(chain.writable[0].addr, b"\xee" * 513)
+    call = recorded(commands)
+    assert [e.kind for e in call] == [EventKind.CALL] + [EventKind.AVAIL] * 3 + [EventKind.USED] * len(chains)
+    for event in call[1:4]:
+        assert event.data == struct.pack("<IIQ", 0, 0, event.chain.avail_idx)
+    for event, chain in zip(call[4:], chains, strict=True):
+        assert event.used.id == chain.id and event.data == struct.pack("<IIQ", 0, 0, chain.avail_idx)
+        assert event.written == bytes([chain.avail_idx]) * 512 + b"\0"
+    walked = []
+    while engine.has_work():
+        step = recorded(engine.handle(Work(30)))
+        assert 0 < len(step) <= WORK_WALK and {e.kind for e in step} == {EventKind.AVAIL}
+        walked += step
+    assert [e.chain.avail_idx for e in walked] == list(range(KICK_WALK + 3, 20))
+    assert not recorded(engine.handle(Work(40)))
+    engine.release()
+    guest.close()

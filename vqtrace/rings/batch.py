@@ -72,7 +72,7 @@ class _Rows:
 
     __slots__ = ("_descs", "in_indirect", "index", "packed", "pick", "rows")
 
-    def __init__(self, rows: np.ndarray, pick: list[int] | None, index: list[int], packed: bool,
+    def __init__(self, rows: np.ndarray, pick: list[int] | None, index: list[int] | np.ndarray, packed: bool,
                  in_indirect: bool = False) -> None:
         self.rows, self.pick, self.index, self.packed, self.in_indirect = rows, pick, index, packed, in_indirect
         self._descs: list[Descriptor] | None = None
@@ -82,11 +82,11 @@ class _Rows:
         if out is None:
             picked = self.rows if self.pick is None else self.rows.take(np.array(self.pick, dtype=np.intp))
             addr, length, flags = picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist()
+            index = self.index.tolist() if isinstance(self.index, np.ndarray) else self.index
             if self.packed:
-                cols = zip(addr, length, flags, self.index, repeat(0), picked["id"].tolist(), repeat(self.in_indirect))
+                cols = zip(addr, length, flags, index, repeat(0), picked["id"].tolist(), repeat(self.in_indirect))
             else:
-                cols = zip(addr, length, flags, self.index, picked["next"].tolist(), repeat(0),
-                           repeat(self.in_indirect))
+                cols = zip(addr, length, flags, index, picked["next"].tolist(), repeat(0), repeat(self.in_indirect))
             out = self._descs = list(map(_new_desc, cols))
             self.rows = self.pick = None  # the Descriptors hold everything now
         return out
@@ -160,18 +160,16 @@ def _sums(write: np.ndarray, length: np.ndarray, starts: list[int]) -> tuple[lis
 
 
 def _tables(memory: GuestMemory, dtype: np.dtype, picked: list[tuple[int, int]], lo: int
-            ) -> tuple[np.ndarray, list[int], list[int]]:
-    """The indirect tables at (addr, len) ``picked``, one array; each one's first entry; the local index of each."""
+            ) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """The indirect tables at (addr, len) ``picked``, one array; each one's first entry; each entry's index in
+    its own table."""
     flat = _flat(memory, lo)
     views = [flat[a - lo:a - lo + n] if flat is not None else memory.view(a, n) for a, n in picked]
     entries = np.frombuffer(b"".join(views), dtype=dtype)
-    counts = [n >> 4 for _, n in picked]
-    firsts, local, at = [], [], 0
-    for count in counts:
-        firsts.append(at)
-        local.extend(range(count))
-        at += count
-    return entries, firsts, local
+    counts = np.asarray([n >> 4 for _, n in picked])
+    starts = np.cumsum(counts) - counts
+    local = np.arange(len(entries)) - np.repeat(starts, counts)
+    return entries, starts.tolist(), local
 
 
 def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, candidates: list[tuple[int, int]],
@@ -183,7 +181,7 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     to the one-by-one walkers.
     """
     size = config.size
-    picked = rows[[head for _, head in candidates]]
+    picked = rows.take(np.array([head for _, head in candidates], dtype=np.intp))
     flags, length, addr = picked["flags"].tolist(), picked["len"].tolist(), picked["addr"].tolist()
     chosen = []
     for n, (k, _) in enumerate(candidates):
@@ -195,7 +193,6 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
         return {}
     entries, firsts, local = _tables(memory, SPLIT_DTYPE, [(addr[n], length[n]) for _, n in chosen], lo)
     total = len(entries)
-    local_a = np.asarray(local)
     ends = np.asarray([*firsts[1:], total])
     last = np.zeros(total, dtype=bool)
     last[ends - 1] = True
@@ -204,7 +201,7 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     write = (e_flags & VIRTQ_DESC_F_WRITE) != 0
     bad = ((e_flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(entries["addr"], e_len, lo, hi)
     bad |= e_next == last  # NEXT on all but the last entry ...
-    bad |= e_next & (entries["next"] != local_a + 1)  # ... each linking to the following one
+    bad |= e_next & (entries["next"] != local + 1)  # ... each linking to the following one
     bad[1:] |= write[:-1] & ~write[1:] & ~last[:-1]  # 2.7.4.2: a writable entry, then a readable one
     readable, writable = _sums(write, e_len, firsts)
     flagged = np.logical_or.reduceat(bad, firsts).tolist()
@@ -294,8 +291,8 @@ def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[i
 def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
                 table: memoryview | bytes, bounds: MemoryBounds
                 ) -> tuple[list[Chain], list[int], list[tuple[int, int] | None]]:
-    """:func:`walk_split_batch`, and what the tracker's bookkeeping needs: the table entries walked, and per
-    chain the part of them that is its own (None: a chain of the one-by-one walkers)."""
+    """:func:`walk_split_batch`, and what the tracker's bookkeeping needs: the table entries the batch's chains
+    take, and per chain the part of them that is its own (None: a chain of the one-by-one walkers)."""
     size, queue = config.size, config.index
     single = bounds.single()
     if single is None:
@@ -366,18 +363,23 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
         slow.append((k - first_idx, head))
         add_chain(None)
         add_part(None)
+    entries = walked
     if slow:
         rows = source.rows
         indirect = _indirect_batch(config, memory, rows, [s for s in slow if s[1] < size], lo, hi) \
             if config.indirect else {}
+        if indirect:
+            entries = walked.copy()  # the tracker's list: the batch's indirect chains take one entry each
         for k, head in slow:
             found = indirect.get(k)
             avail_idx = (first_idx + k) & 0xFFFF
             if found is not None:
                 chains[k] = lazy(queue, head, avail_idx, *found)
+                parts[k] = (len(entries), len(entries) + 1)
+                entries.append(head)
             else:  # one by one, the scalar fast path first
                 chains[k] = walk_split_chain(config, memory, head, avail_idx=avail_idx, table=table, bounds=bounds)
-    return chains, walked, parts  # type: ignore[return-value]
+    return chains, entries, parts  # type: ignore[return-value]
 
 
 #: Bits of (len | id << 32 | flags << 48) that rule a slot out: INDIRECT, and a len of SMALL_LEN or more.
@@ -508,7 +510,7 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray
     after another, only WRITE valid): per slot (source, readable, writable), or None: walk carefully."""
     size = config.size
     out: list[tuple[_IndirectRows, int, int] | None] = [None] * len(slots)
-    picked = table[slots]
+    picked = table.take(np.array(slots, dtype=np.intp))
     addr, length, ids, f = (picked[name].tolist() for name in ("addr", "len", "id", "flags"))
     chosen = []
     for n in range(len(slots)):

@@ -91,6 +91,13 @@ class Tick:
 
 
 @dataclass
+class Work:
+    """Nothing is ready on any fd: time for the role's deferred work (see ``has_work``), one bounded step."""
+
+    time_ns: int = 0
+
+
+@dataclass
 class Stop:
     """The edge is shutting down (SIGINT, SIGTERM, end of the program)."""
 
@@ -201,7 +208,7 @@ class Signal:
 
 
 Command = Send | Watch | Unwatch | Attach | Close | Record | RecordBatch | Log | SessionEnded | Signal | WakeAfter
-Input = DataReceived | PeerClosed | Notified | Tick | Stop
+Input = DataReceived | PeerClosed | Notified | Tick | Work | Stop
 
 
 # ---------------------------------------------------------------------------------------------

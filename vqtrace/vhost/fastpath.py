@@ -133,6 +133,7 @@ class FastSplitTracker(SplitTracker):
         self._gen = -1
         self._views: tuple | None = None
         self.hot: tuple[int, int, memoryview] | None = None  # (start, end, bytes) of the region last read
+        self.unwalked = 0  # new avail entries the last look left for the next (see poll_lean)
 
     # -- the usual state --------------------------------------------------------------------
 
@@ -164,9 +165,11 @@ class FastSplitTracker(SplitTracker):
         return super().state
 
     def poll(self) -> RingChanges:
-        """The careful poll (the lean entries become Chains first)."""
+        """The careful poll (the lean entries become Chains first): every new chain is walked."""
         self.merge()
-        return super().poll()
+        changes = super().poll()
+        self.unwalked = 0
+        return changes
 
     # -- the lean poll ----------------------------------------------------------------------
 
@@ -197,8 +200,17 @@ class FastSplitTracker(SplitTracker):
         self.hot = found = (region.guest_addr, region.end, region.data)
         return found
 
-    def poll_lean(self) -> LeanChanges | None:
-        """What :meth:`poll` would find, when it finds no anomaly; None (nothing changed) otherwise."""
+    def poll_lean(self, avail_limit: int | None = None, *, used_side: bool = True) -> LeanChanges | None:
+        """What :meth:`poll` would find, when it finds no anomaly; None (nothing changed) otherwise.
+
+        A partial look (the live proxy's: see :class:`FastTap`): ``used_side`` False leaves the used
+        ring for a later look; ``avail_limit`` walks at most that many new chains beyond those the
+        used elements need (None: all of them). The chains left are walked by the next look, from
+        ``avail_idx`` on (:attr:`unwalked` counts them); its state is then the one a full poll
+        reaches, as a chain's walk does not depend on the used elements between (a head or a
+        descriptor the used side would have freed first makes the walk decline, and the careful
+        poll takes the used side first).
+        """
         if not self.lean or self._pending:
             return None
         memory = self.memory
@@ -227,7 +239,16 @@ class FastSplitTracker(SplitTracker):
             self._reported.discard(_UNMAPPED)
         self.avail_flags, self.used_flags, self.used_event, self.avail_event = (avail_flags, used_flags, used_event,
                                                                                 avail_event)
+        if not used_side:
+            moved = 0
+            used_idx = old_used
+        if avail_limit is None:
+            avail_limit = new
         if not new and not moved:
+            self.unwalked = 0
+            return _NOTHING
+        if not moved and not avail_limit:
+            self.unwalked = new
             return _NOTHING
         owner = self._desc_owner
         # What this poll changes, to undo it should it meet an anomaly candidate.
@@ -317,8 +338,10 @@ class FastSplitTracker(SplitTracker):
                     cut = entry[E_CUT] or kept_len < length
             done.append([entry, used_id, length, pos, written, cut])
             pos = (pos + 1) & 0xFFFF
-        if ok and walked < new:
-            ok = self._walk(table, heads, walked, new, old_avail, found)
+        if ok and walked < avail_limit:
+            stop = avail_limit if avail_limit < new else new
+            ok = self._walk(table, heads, walked, stop, old_avail, found)
+            walked = stop
         if not ok:
             if saved is None:  # only chains were added
                 for entry in found:
@@ -330,7 +353,8 @@ class FastSplitTracker(SplitTracker):
                 lean.update(saved[1])
             owner[:] = saved_owner
             return None
-        self.avail_idx, self.used_idx = avail_idx, used_idx
+        self.avail_idx, self.used_idx = (old_avail + walked) & 0xFFFF, used_idx
+        self.unwalked = new - walked
         return found, done
 
     def _walk(self, table: memoryview, heads: list[int], start: int, stop: int, old_avail: int,
@@ -536,10 +560,21 @@ class FastTap(TrackerTap):
         tracker = self.tracker
         return tracker.in_flight_count() if tracker.__class__ is FastSplitTracker else len(tracker.in_flight)
 
-    def poll_batch(self, time_ns: int) -> RingBatch | list[Event]:
-        """A RingBatch (possibly empty) when the lean poll could read the rings, else TrackerTap's events."""
+    @property
+    def unwalked(self) -> int:
+        """New avail entries the last look left for the next one (:meth:`poll_batch` ``avail_limit``)."""
         tracker = self.tracker
-        lean = tracker.poll_lean() if tracker.__class__ is FastSplitTracker else None
+        return tracker.unwalked if tracker.__class__ is FastSplitTracker else 0
+
+    def poll_batch(self, time_ns: int, avail_limit: int | None = None, *, used_side: bool = True
+                   ) -> RingBatch | list[Event]:
+        """A RingBatch (possibly empty) when the lean poll could read the rings, else TrackerTap's events.
+
+        ``avail_limit`` and ``used_side`` make it a partial look (:meth:`FastSplitTracker.poll_lean`);
+        a careful poll, and a packed ring, always read everything.
+        """
+        tracker = self.tracker
+        lean = tracker.poll_lean(avail_limit, used_side=used_side) if tracker.__class__ is FastSplitTracker else None
         if lean is None:
             return self.poll(time_ns)
         found, done = lean

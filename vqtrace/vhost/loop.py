@@ -41,6 +41,7 @@ from .engine import (
     Unwatch,
     WakeAfter,
     Watch,
+    Work,
 )
 from .fastpath import expand
 
@@ -183,6 +184,7 @@ class Loop:
         deadline = None if timeout is None else time.monotonic() + timeout
         next_tick = None if self.poll_s is None else time.monotonic() + self.poll_s
         select = self.selector.select
+        has_work = getattr(self.role, "has_work", None)
         while self.ended is None:
             if self._stop_reason is not None:
                 self._feed(Stop(time.time_ns(), self._stop_reason))
@@ -200,6 +202,9 @@ class Loop:
                     self._feed(Stop(time.time_ns(), f"time limit of {timeout:g} s reached"))
                     break
                 wait = left if wait is None else min(wait, left)
+            busy = has_work is not None and has_work()
+            if busy or self._records:
+                wait = 0.0  # only look: what is ready comes first, then the role's work, then the trace
             ready = select(wait)
             notified: list[tuple[_Notifier, int]] = []
             readable: list[_PeerSocket] = []
@@ -240,12 +245,19 @@ class Loop:
             elif self._wake_at is not None and time.monotonic() >= self._wake_at and self.ended is None:
                 self._wake_at = None
                 self._feed(Tick(time.time_ns()))
-            if self._records:
-                # Write the trace when nothing else waits: a call that came in meanwhile is read and
-                # forwarded first (its peer waits for it; the trace's order is kept either way).
-                if self._deferred < _MAX_DEFERRED and self.ended is None and self.selector.pending():
-                    self._deferred += 1
-                else:
+            if self.ended is not None:
+                break
+            if not ready:
+                # Nothing waits: the role's deferred work (a ring's new chains, a few at a time, so a
+                # call that comes in meanwhile is read and forwarded first), then the trace.
+                if busy:
+                    self._feed(Work(time.time_ns()))
+                elif self._records:
+                    self._deferred = 0
+                    self.flush()
+            elif self._records:
+                self._deferred += 1
+                if self._deferred >= _MAX_DEFERRED:  # busy for long: write what waits anyway
                     self._deferred = 0
                     self.flush()
         self.flush()

@@ -57,6 +57,7 @@ from .engine import (
     Unwatch,
     WakeAfter,
     Watch,
+    Work,
 )
 from .fastpath import RingBatch
 from .memview import LiveMemory
@@ -73,6 +74,12 @@ class RingTap(Protocol):
 
 #: ``tap_factory(config, memory, base, source) -> RingTap``: a reader for one started queue.
 TapFactory = Callable[[QueueConfig, GuestMemory, int, str], RingTap]
+
+#: New chains a kick walks at once; the rest are walked when nothing else waits (Work), this many at a time,
+#: so that a call, whose driver waits for it, never waits behind a long walk (a call walks the chains its
+#: used elements need itself).
+KICK_WALK = 2
+WORK_WALK = 4
 
 FOLLOW_UP_FIRST = 0.002  # seconds to the first follow-up look at rings with chains in flight
 FOLLOW_UP_LAST = 0.2  # ... and the longest wait between two looks
@@ -124,6 +131,7 @@ class ProxyEngine:
         self.fds: dict[int, _Fds] = {}
         self.taps: dict[int, RingTap] = {}
         self.live_rings: set[int] = set()  # rings set up (SET_VRING_KICK) and not stopped
+        self.due: dict[int, None] = {}  # rings with new chains not walked yet (in turn: see _work)
         self.broken_rings: set[int] = set()  # rings whose reader failed, until set up again
         self._wake_pending = False
         self._followup_delay = FOLLOW_UP_FIRST
@@ -145,6 +153,8 @@ class ProxyEngine:
         try:
             if isinstance(event, Notified):
                 self._notified(event, out)
+            elif isinstance(event, Work):
+                self._work(event.time_ns, out)
             elif isinstance(event, DataReceived):
                 self._received(event, out)
             elif isinstance(event, Tick):
@@ -423,26 +433,51 @@ class ProxyEngine:
         msg.fds = [ours]
         return (ours,)
 
+    def has_work(self) -> bool:
+        """Whether some ring has new chains to walk (the edge then feeds :class:`Work` when idle)."""
+        return bool(self.due) and not self.ended
+
     def _notified(self, event: Notified, out: list[Command], *, inband: bool = False) -> None:
         """A kick (already forwarded by the edge: the driver's new chains stay put until they
         are used), or a call: the used ring is read first, then the call is forwarded, so
         the driver cannot reuse a chain's descriptors or buffers before they are recorded
-        (a chain the back-end found by polling, without a kick, is first seen here)."""
+        (a chain the back-end found by polling, without a kick, is first seen here).
+
+        A kick walks at most KICK_WALK new chains, the rest wait for idle time (:meth:`_work`);
+        a call reads the used elements, walks the chains they need that are not walked yet,
+        copies the bytes the device wrote, and is forwarded: the records are made, and the
+        trace written, after that (by the edge, once nothing waits). Taps without partial looks
+        (TrackerTap) read everything at each notification."""
         self.notifications += 1
-        kind = EventKind.KICK if event.kind is Notify.KICK else EventKind.CALL
-        direction = Direction.TO_DEVICE if event.kind is Notify.KICK else Direction.TO_DRIVER
+        queue = event.queue
+        if event.kind is Notify.KICK:
+            self.session.kicked(queue)
+            self._poll_queue(queue, event.time_ns, out, avail_limit=KICK_WALK, used_side=False,
+                             notify=(EventKind.KICK, Direction.TO_DEVICE,
+                                     b"" if inband else event.count.to_bytes(8, "little"), 1 if inband else 0))
+            return
         if event.kind is Notify.ERR:
-            out.append(Log(logging.WARNING, f"vring {event.queue}: the back-end signalled an error"
+            out.append(Log(logging.WARNING, f"vring {queue}: the back-end signalled an error"
                                             + (" (VHOST_USER_BACKEND_VRING_ERR)" if inband else "")))
             return
-        if event.kind is Notify.KICK:
-            self.session.kicked(event.queue)
-        data = event.count.to_bytes(8, "little") if not inband else b""
-        self._poll_queue(event.queue, event.time_ns, out, notify=(kind, direction, data, 1 if inband else 0))
-        if event.kind is Notify.CALL and not inband:
-            theirs = self.fds.get(event.queue, _Fds()).theirs.get(Notify.CALL)
+        self._poll_queue(queue, event.time_ns, out, avail_limit=0, follow_up=False,
+                         notify=(EventKind.CALL, Direction.TO_DRIVER,
+                                 b"" if inband else event.count.to_bytes(8, "little"), 1 if inband else 0))
+        if not inband:
+            fds = self.fds.get(queue)
+            theirs = fds.theirs.get(Notify.CALL) if fds is not None else None
             if theirs is not None:
                 out.append(Signal(theirs))
+        self._follow_up(out)
+
+    def _work(self, time_ns: int, out: list[Command]) -> None:
+        """One step of deferred work: the next WORK_WALK new chains of the first ring due (rings take turns)."""
+        if not self.due:
+            return
+        index = next(iter(self.due))
+        del self.due[index]
+        if index in self.taps:
+            self._poll_queue(index, time_ns, out, avail_limit=WORK_WALK, used_side=False, follow_up=False)
 
     def _notify_event(self, queue: int, time_ns: int, notify: tuple[EventKind, Direction, bytes, int]) -> Event:
         kind, direction, data, channel = notify
@@ -483,9 +518,12 @@ class ProxyEngine:
             out.append(WakeAfter(None))
 
     def _poll_queue(self, index: int, time_ns: int, out: list[Command], *, follow_up: bool = True,
-                    notify: tuple[EventKind, Direction, bytes, int] | None = None) -> None:
+                    notify: tuple[EventKind, Direction, bytes, int] | None = None, avail_limit: int | None = None,
+                    used_side: bool = True) -> None:
         """Record what queue ``index`` did since the last look (after ``notify``, the KICK or CALL that
-        made the proxy look, when one did)."""
+        made the proxy look, when one did). ``avail_limit`` and ``used_side``: a partial look, for a
+        tap that can (FastTap.poll_batch); the ring is then due for more (``self.due``) while it
+        has new chains not walked."""
         tap = self._tap(index, out)
         if tap is None:
             if notify is not None:
@@ -493,7 +531,14 @@ class ProxyEngine:
             return
         batch_poll = getattr(tap, "poll_batch", None)
         try:
-            events = batch_poll(time_ns) if batch_poll is not None else tap.poll(time_ns)
+            if batch_poll is not None:
+                events = batch_poll(time_ns, avail_limit, used_side=used_side)
+                if tap.unwalked:
+                    self.due[index] = None
+                elif self.due:
+                    self.due.pop(index, None)
+            else:
+                events = tap.poll(time_ns)
         except Exception as err:  # a ring reader failing must never stop the forwarding
             if notify is not None:
                 out.append(Record(self._notify_event(index, time_ns, notify)))
@@ -501,6 +546,7 @@ class ProxyEngine:
             out.append(Log(logging.WARNING, f"vring {index}: cannot read the ring ({what}); not traced until it is "
                                             "set up again"))
             self.taps.pop(index, None)
+            self.due.pop(index, None)
             self.live_rings.discard(index)
             self.broken_rings.add(index)
             return
