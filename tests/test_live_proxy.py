@@ -280,7 +280,8 @@ def test_a_new_call_fd_mid_session_keeps_calls_flowing(tmp_path, qsd):
 
 
 class HeldTrace:
-    """A BlockSink that, once armed, holds the write of the first records holding a CALL until released."""
+    """A BlockSink that, once armed, holds the first write of a call's USED records until released
+    (libvhost-user signals a call fd as it gets it, with nothing used: that write goes through)."""
 
     def __init__(self, sink) -> None:
         import threading
@@ -293,9 +294,9 @@ class HeldTrace:
     def __call__(self, records) -> int:
         from vqtrace.vhost.fastpath import RingBatch
 
-        calls = [r for r in records if (r.notify is not None and r.notify[0] == int(EventKind.CALL)
-                                        if isinstance(r, RingBatch) else r.kind is EventKind.CALL)]
-        if self.armed and calls:
+        used = [r for r in records if (r.used and r.notify is not None and r.notify[0] == int(EventKind.CALL)
+                                       if isinstance(r, RingBatch) else r.kind is EventKind.USED)]
+        if self.armed and used:
             self.armed = False
             self.holding.set()
             assert self.release.wait(10), "the test never released the trace"
@@ -307,7 +308,7 @@ def backend_socket(request, tmp_path: Path):
     """qemu-storage-daemon, or vqtrace's own blk back-end, on a socket, over a disk with data."""
     from vqtrace.devices.blk import BlkDevice
 
-    data = bytes(random.Random(7).randrange(256) for _ in range(8 << 20))
+    data = random.Random(7).randbytes(8 << 20)
     if request.param == "reference":
         device = BlkDevice(size=8 << 20)
         device.backend.write(0, data)
