@@ -109,7 +109,7 @@ def live_wakeups(requests: int) -> list[list]:
     return wakeups
 
 
-def bench_writer(work: Path, rounds: int) -> None:
+def bench_writer(work: Path, rounds: int, repeat: int = 3) -> None:
     """The writer figures (see the module doc)."""
     from vqtrace.trace.writer import TraceWriter
 
@@ -119,7 +119,7 @@ def bench_writer(work: Path, rounds: int) -> None:
 
     def timed(write: object) -> tuple[float, float]:
         best_cpu = best_wall = float("inf")
-        for _ in range(3):  # best of 3
+        for _ in range(repeat):  # best of ``repeat`` (3)
             with TraceWriter(work / "writer.pcapng") as writer:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 write(writer)
@@ -160,6 +160,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, help="events in the trace")
     parser.add_argument("--tshark-events", type=int, help="events tshark is timed on (a prefix of the trace)")
     parser.add_argument("--writer-only", action="store_true", help="only the writer figures")
+    parser.add_argument("--repeat", type=int, default=3, help="writer figures: best of this many timings (3)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from vqtrace.dissectors.wireshark.generate import PLUGIN
@@ -170,7 +171,7 @@ def main() -> int:
     prefix = min(count, args.tshark_events or (5_000 if args.quick else 50_000))
     work = Path(tempfile.mkdtemp(prefix="vqtrace-bench-"))
     try:
-        bench_writer(work, 1 if args.quick else 10)
+        bench_writer(work, 1 if args.quick else 10, max(1, args.repeat))
         if args.writer_only:
             return 0
         trace = work / "trace.pcapng"

@@ -97,6 +97,39 @@ def test_a_truncated_file_reads_to_its_last_complete_block(tmp_path):
         assert problem.offset == last_offset and "truncated block" in problem.message
 
 
+def test_a_cut_block_holding_pcapng_bytes_yields_no_frame_of_them(tmp_path):
+    """A capture killed inside a block whose data is itself pcapng (a guest writing a trace to its disk):
+    the embedded block is the cut block's contents, not a frame of the file."""
+    path = tmp_path / "inner.pcapng"
+    write_trace(path, kicks(3, "inner"))
+    inner = path.read_bytes()
+    embedded = inner[blocks_of(inner)[-1][0]:]  # one sound packet block
+    carrier = Event(EventKind.VHOST_USER, T0, "sock", None, Direction.TO_DEVICE, embedded * 2 + bytes(64))
+    write_trace(path, [*kicks(2), carrier])
+    data = path.read_bytes()
+    last_offset, last_length = blocks_of(data)[-1]
+    cut = data.index(embedded, last_offset) + 2 * len(embedded) + 8  # past both embedded blocks, inside the data
+    assert cut < last_offset + last_length
+    path.write_bytes(data[:cut])
+    with TraceReader(path) as reader:
+        assert len(reader) == 2
+        (problem,) = reader.problems
+        assert problem.offset == last_offset and "truncated block" in problem.message
+
+
+def test_a_length_past_the_end_is_skipped_when_sound_blocks_follow_to_the_end(tmp_path):
+    path = tmp_path / "t.pcapng"
+    write_trace(path, kicks(10))
+    data = bytearray(path.read_bytes())
+    offset, _length = blocks_of(bytes(data))[8]  # the 7th packet block
+    data[offset + 4:offset + 8] = struct.pack("<I", len(data))  # a corrupt length that runs past the end
+    path.write_bytes(bytes(data))
+    with TraceReader(path) as reader:
+        assert [frame.event().data for frame in reader] == [struct.pack("<Q", i) for i in range(10) if i != 6]
+        (problem,) = reader.problems
+        assert problem.offset == offset and "skipped" in problem.message
+
+
 def test_a_corrupt_block_is_reported_and_skipped(tmp_path):
     path = tmp_path / "t.pcapng"
     write_trace(path, kicks(10))

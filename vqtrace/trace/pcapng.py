@@ -148,6 +148,23 @@ def _resync(data: bytes | memoryview, start: int, endian: str, size: int) -> int
     return None
 
 
+def _runs_past_end(data: bytes | memoryview, offset: int, endian: str, size: int) -> bool:
+    """Whether the block at ``offset`` has a plausible length that runs past the end of the file."""
+    if offset + 12 > size:
+        return True
+    (length,) = struct.unpack_from(endian + "I", data, offset + 4)
+    return length >= 12 and not length % 4 and length <= MAX_BLOCK and offset + length > size
+
+
+def _sound_to_end(data: bytes | memoryview, offset: int, endian: str, size: int) -> bool:
+    """Whether sound blocks follow one another from ``offset`` to exactly the end of the file."""
+    while offset < size:
+        if check_header(data, offset, endian, size) is not None:
+            return False
+        offset += struct.unpack_from(endian + "I", data, offset + 4)[0]
+    return True
+
+
 def section_endian(data: bytes | memoryview, offset: int) -> str | None:
     """The byte order of the section header at ``offset`` (None if it is not one)."""
     if offset + 12 > len(data):
@@ -185,6 +202,12 @@ def walk(data: bytes | memoryview, start: int, endian: str, problems: list[Probl
             pos += length
             continue
         found = _resync(data, pos, endian, size)
+        if found is not None and _runs_past_end(data, pos, endian, size) and not _sound_to_end(
+                data, found, endian, size):
+            # The file was cut inside this block (a capture killed mid-write): what follows is that block's
+            # own captured bytes, which may hold pcapng-looking data; only a run of sound blocks that ends
+            # exactly at the end of the file is taken as real blocks (a corrupt length, not a cut).
+            found = None
         if found is None:
             problems.append(Problem(pos, why))
             return

@@ -1,12 +1,18 @@
 """Events to vqtrace records and back (the layout is dissectors/record.py; docs/trace-format.md).
 
-:func:`encode` is the writer's hot path (``struct``, no construct); :func:`decode`
-turns a record back into an :class:`~vqtrace.events.Event` with its chain, used
-element or anomaly. Tests hold both equal to the construct layout.
+:func:`encode` is the writer's path for every event (``struct``, no construct); the
+header of a record comes from :data:`HEADERS` (one per event context: the kind,
+direction, queue, device type, features, flags... that events of one queue repeat)
+and a chain's part from :data:`CHAINS` (packed for its AVAIL record, taken again by
+its USED record). ``encode(event, cached=False)`` packs everything and is the
+reference the caches are held to (tests/test_record_cache.py). :func:`decode` turns a
+record back into an :class:`~vqtrace.events.Event` with its chain, used element or
+anomaly. Tests hold both equal to the construct layout.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from ..dissectors import record as layout
@@ -39,29 +45,16 @@ _VERSION, _NO_QUEUE, _CHAIN_WRAP, _CHAIN_UNKNOWN = (layout.RECORD_VERSION, layou
 _EMPTY_SIZE = struct.pack("<I", 0)
 
 
-def encode(event: Event, snaplen: int = 0) -> bytes:
-    """The record of ``event``; ``snaplen`` (0: no limit) caps each byte area it carries."""
+def encode(event: Event, snaplen: int = 0, *, cached: bool = True) -> bytes:
+    """The record of ``event``; ``snaplen`` (0: no limit) caps each byte area it carries.
+
+    ``cached`` (the default) takes the header and a chain's bytes from the caches
+    (:data:`HEADERS`, :data:`CHAINS`); ``cached=False`` packs every field, and is the
+    reference the caches are tested against: the bytes are the same either way.
+    """
     kind = event.kind
-    queue = event.queue
-    params = event.params
-    flags = 0 if queue is None else _FLAG_QUEUE
-    if event.packed:
-        flags |= _FLAG_PACKED
-    if event.truncated:
-        flags |= _FLAG_TRUNCATED
-    cdb_size = sense_size = 0
-    num_queues = None
-    if params:
-        if params.get("xen_mmap"):
-            flags |= _FLAG_XEN_MMAP
-        cdb_size = params.get("cdb_size", 0)
-        sense_size = params.get("sense_size", 0)
-        num_queues = params.get("num_queues")
-    role = event.role
-    if role is None:
-        role = queue_role(event.device_type, queue, event.features, num_queues)
     if kind in (AVAIL, USED):
-        body, cut = _chain_body(event, kind, snaplen)
+        body, cut = _chain_body(event, kind, snaplen, cached)
     elif kind in (KICK, CALL):
         data = event.data
         body, cut = (data[:8] if len(data) >= 8 else b""), False
@@ -77,20 +70,116 @@ def encode(event: Event, snaplen: int = 0) -> bytes:
         elif kind == ANOMALY:
             body = _anomaly_body(event.anomaly)
         elif kind == DATA:
-            body = _data_body(event.layer, params or {}, data)
+            body = _data_body(event.layer, event.params or {}, data)
         else:
             raise ValueError(f"unknown event kind {kind}")
-    if cut:
+    return (header(event, cut) if cached else pack_header(event, cut)) + body
+
+
+def pack_header(event: Event, cut: bool = False) -> bytes:
+    """The record header of ``event``, every field packed (``cut``: a snap length cut its bytes)."""
+    queue = event.queue
+    params = event.params
+    flags = 0 if queue is None else _FLAG_QUEUE
+    if event.packed:
+        flags |= _FLAG_PACKED
+    if event.truncated or cut:
         flags |= _FLAG_TRUNCATED
+    cdb_size = sense_size = 0
+    num_queues = None
+    if params:
+        if params.get("xen_mmap"):
+            flags |= _FLAG_XEN_MMAP
+        cdb_size = params.get("cdb_size", 0)
+        sense_size = params.get("sense_size", 0)
+        num_queues = params.get("num_queues")
+    role = event.role
+    if role is None:
+        role = queue_role(event.device_type, queue, event.features, num_queues)
     features = event.features
     if features >> 64:
         lo, hi = features & _M64, (features >> 64) & _M64
     else:
         lo, hi = features, 0
-    return _HEADER.pack(_VERSION, kind, event.direction, flags, HEADER_SIZE,
+    return _HEADER.pack(_VERSION, event.kind, event.direction, flags, HEADER_SIZE,
                         _NO_QUEUE if queue is None else queue & 0xFFFF, event.device_type & 0xFFFF,
                         role & 0xFF, event.channel & 0xFF, min(event.fds, 255), lo, hi, cdb_size & 0xFFFF,
-                        sense_size & 0xFFFF) + body
+                        sense_size & 0xFFFF)
+
+
+# ---------------------------------------------------------------------------------------------
+# Caches. Events of one queue repeat their whole header context, and a chain is encoded twice
+# (its AVAIL event, then its USED event: the same Chain object). Both caches are bounded: when
+# one is full it is emptied (a miss costs one packing; the bytes never change).
+
+#: Most headers kept (distinct contexts: kind, direction, queue, device type, features, flags, ...).
+HEADERS_MAX = 1024
+#: header key (see :func:`header_key`) -> the packed header.
+HEADERS: dict[tuple, bytes] = {}
+#: Most chains kept: the chains in flight of every queue written, made available and not used yet.
+CHAINS_MAX = 4096
+#: ``id(chain)`` -> (the chain, its packed chain part). The entry holds the chain, so its id cannot
+#: be reused by another object while the entry lives. A chain is not changed once an event carries it
+#: (ring readers finish it before; ``Chain`` compares by identity).
+CHAINS: dict[int, tuple[Chain, bytes]] = {}
+
+
+def header_key(event: Event, truncated: object) -> tuple:
+    """What the header of ``event`` depends on (``truncated``: its TRUNCATED flag is set): equal keys
+    give equal headers. Callers on the hot path build the same tuple inline."""
+    params = event.params
+    if params:
+        return (event.kind, event.direction, event.queue, event.device_type, event.features, event.role,
+                event.channel, event.fds, event.packed, truncated, bool(params.get("xen_mmap")),
+                params.get("cdb_size", 0), params.get("sense_size", 0), params.get("num_queues"))
+    return (event.kind, event.direction, event.queue, event.device_type, event.features, event.role,
+            event.channel, event.fds, event.packed, truncated)
+
+
+def header(event: Event, cut: bool = False) -> bytes:
+    """The record header of ``event`` (``cut``: a snap length cut its bytes), from :data:`HEADERS`."""
+    key = header_key(event, cut or event.truncated)
+    head = HEADERS.get(key)
+    if head is None:
+        head = new_header(key, event, cut)
+    return head
+
+
+def new_header(key: tuple, event: Event, cut: bool = False) -> bytes:
+    """Pack the header of ``event`` and keep it in :data:`HEADERS` under ``key``."""
+    head = pack_header(event, cut)
+    if len(HEADERS) >= HEADERS_MAX:
+        HEADERS.clear()
+    HEADERS[key] = head
+    return head
+
+
+def chain_bytes(chain: Chain, keep: bool = True) -> bytes:
+    """The chain part of a record (the chain, then its descriptors), from :data:`CHAINS`.
+
+    ``keep``: an AVAIL event's chain, kept for its USED event; ``keep=False`` (a USED
+    event) takes the entry out: the chain's last record.
+    """
+    entry = CHAINS.get(id(chain)) if keep else CHAINS.pop(id(chain), None)
+    if entry is not None and entry[0] is chain:
+        return entry[1]
+    out = pack_chain(chain)
+    if keep:
+        keep_chain(chain, out)
+    return out
+
+
+def keep_chain(chain: Chain, data: bytes) -> None:
+    """Keep the packed chain part of ``chain`` in :data:`CHAINS` (emptied first when full)."""
+    if len(CHAINS) >= CHAINS_MAX:
+        CHAINS.clear()
+    CHAINS[id(chain)] = (chain, data)
+
+
+def clear_caches() -> None:
+    """Forget every cached header and chain (the bytes written are the same with or without them)."""
+    HEADERS.clear()
+    CHAINS.clear()
 
 
 def _pack_desc(d: Descriptor) -> bytes:
@@ -98,28 +187,32 @@ def _pack_desc(d: Descriptor) -> bytes:
                       d.id & 0xFFFF, 1 if d.in_indirect else 0)
 
 
-#: The last chain encoded and its bytes: a chain is written twice (AVAIL, then USED), the same object.
-_last_chain: list = [None, b""]
-
-
-def _chain_bytes(chain: Chain) -> bytes:
-    if _last_chain[0] is chain:
-        return _last_chain[1]
+def pack_chain(chain: Chain) -> bytes:
+    """The chain part of a record, every field packed: the chain, then its descriptors."""
     items = chain.descriptors
-    head = _CHAIN.pack(chain.id & 0xFFFF, chain.avail_idx & 0xFFFF, _CHAIN_WRAP if chain.wrap else 0,
-                       len(items) & 0xFFFF, chain.readable_len & 0xFFFFFFFF, chain.writable_len & 0xFFFFFFFF)
-    try:
-        if not _TUPLE_ORDER:
-            raise TypeError
-        descs = b"".join([_DESC.pack(*d) for d in items])  # the NamedTuple's fields are the record's order
-    except (struct.error, TypeError):
-        descs = b"".join([_pack_desc(d) for d in items])
-    out = head + descs
-    _last_chain[0], _last_chain[1] = chain, out
-    return out
+    count = len(items)
+    wrap = _CHAIN_WRAP if chain.wrap else 0
+    if _TUPLE_ORDER and count <= _CHAIN_STRUCTS_MAX:
+        whole = _CHAIN_STRUCTS.get(count)
+        if whole is None:
+            whole = _CHAIN_STRUCTS[count] = struct.Struct(_CHAIN.format + _DESC.format.lstrip("<") * count)
+        try:  # the NamedTuple's fields are the record's order: one pack of the chain and its descriptors
+            return whole.pack(chain.id, chain.avail_idx, wrap, count, chain.readable_len, chain.writable_len,
+                              *_flatten(items))
+        except (struct.error, TypeError):  # a value out of its field's range: masked below
+            pass
+    return _CHAIN.pack(chain.id & 0xFFFF, chain.avail_idx & 0xFFFF, wrap, count & 0xFFFF,
+                       chain.readable_len & 0xFFFFFFFF, chain.writable_len & 0xFFFFFFFF) + \
+        b"".join([_pack_desc(d) for d in items])
 
 
-def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
+#: Chains of up to this many descriptors are packed by one struct (one per descriptor count).
+_CHAIN_STRUCTS_MAX = 64
+_CHAIN_STRUCTS: dict[int, struct.Struct] = {}
+_flatten = itertools.chain.from_iterable
+
+
+def _chain_body(event: Event, kind: int, snaplen: int, cached: bool = True) -> tuple[bytes, bool]:
     readable = event.data
     written = event.written if kind == USED else b""
     cut = False
@@ -134,8 +227,10 @@ def _chain_body(event: Event, kind: int, snaplen: int) -> tuple[bytes, bool]:
     if chain is None:
         used_id = event.used.id if event.used is not None else 0
         chain_part = _CHAIN.pack(used_id & 0xFFFF, 0, _CHAIN_UNKNOWN, 0, 0, 0)
+    elif cached:
+        chain_part = chain_bytes(chain, kind == AVAIL)
     else:
-        chain_part = _chain_bytes(chain)
+        chain_part = pack_chain(chain)
     tail_part = _SIZE.pack(len(tail)) + tail if tail else _EMPTY_SIZE
     if kind == USED:
         used = event.used
