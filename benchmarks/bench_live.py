@@ -9,10 +9,14 @@ alternate (direct, proxy, direct, proxy ...) and the best of each is kept, so lo
 from other processes on the machine hits both alike. Figures:
 
 - ``live_direct_iops_qd{1,32}`` / ``live_proxy_iops_qd{1,32}`` (IOPS),
-- ``live_proxy_iops_ratio_qd{1,32}``: proxy IOPS / direct IOPS (x; the aim is >= 0.9 at qd32),
+- ``live_proxy_iops_ratio_qd{1,32}``: proxy IOPS / direct IOPS, best of each (x; the aim is >= 0.9 at qd32),
+- ``live_proxy_iops_ratio_median_qd{1,32}``: the median of each round's own ratio (its proxy run over
+  the direct run just before it: the other load of the machine moves both about alike),
 - ``live_proxy_added_median_latency_qd{1,32}``: proxy median latency - direct (us),
 - ``live_proxy_cpu_per_request_qd{1,32}``: CPU time (user + system) the proxy process spent per
-  request during the measured window of its best run (us; /proc/PID/stat, 10 ms ticks).
+  request during the measured window of its best run (us; /proc/PID/stat, 10 ms ticks),
+- ``live_load_average``: the machine's 1-minute load average when the run ended (/proc/loadavg:
+  the figures above are only comparable at a like load).
 
 JSON lines on stdout; ``--quick`` runs shorter. Needs qemu-storage-daemon (prints nothing
 and exits 0 without it, with a note on stderr).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,22 +90,28 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_path(str(proxy_sock), 30)
                 for depth in (1, 32):
                     best: dict[str, LoadResult] = {}
+                    ratios: list[float] = []
                     for _ in range(rounds):
+                        pair: dict[str, LoadResult] = {}
                         for name, path in (("direct", qsd.socket), ("proxy", proxy_sock)):
-                            result = measure(path, depth, seconds, lambda: cpu_seconds(proxy.pid))
+                            result = pair[name] = measure(path, depth, seconds, lambda: cpu_seconds(proxy.pid))
                             if result.errors:
                                 raise SystemExit(f"bench_live: {result.errors} reads failed ({name}, qd{depth})")
                             if name not in best or result.iops > best[name].iops:
                                 best[name] = result
+                        ratios.append(pair["proxy"].iops / pair["direct"].iops)
                     direct, traced = best["direct"], best["proxy"]
                     figure(f"live_direct_iops_qd{depth}", direct.iops, "IOPS")
                     figure(f"live_proxy_iops_qd{depth}", traced.iops, "IOPS")
                     figure(f"live_proxy_iops_ratio_qd{depth}", traced.iops / direct.iops, "x")
+                    figure(f"live_proxy_iops_ratio_median_qd{depth}", statistics.median(ratios), "x")
                     figure(f"live_proxy_added_median_latency_qd{depth}",
                            traced.median_latency_us - direct.median_latency_us, "us")
                     if traced.probed is not None and traced.probed[2]:
                         opened, closed, requests = traced.probed
                         figure(f"live_proxy_cpu_per_request_qd{depth}", (closed - opened) / requests * 1e6, "us")
+                with open("/proc/loadavg") as load:
+                    figure("live_load_average", float(load.read().split()[0]), "load")
             finally:
                 proxy.terminate()
                 try:

@@ -494,7 +494,7 @@ def built_cdb_key(values: Any) -> Any:
     action = values.get("service_action")
     key: Any = opcode if opcode in CDB_LAYOUTS else None
     if action is not None and opcode == op["SERVICE ACTION IN(16)"]:
-        action_key = (opcode, enum_int(action, SAI_SERVICE_ACTIONS))
+        action_key = (opcode, enum_int(action, SAI_SERVICE_ACTIONS) & 0x1F)  # bits 4-0, as cdb_key reads it
         if action_key in CDB_LAYOUTS:
             key = action_key
     if key is not None and not all(sub.name in values for sub in CDB_LAYOUTS[key].subcons if sub.name):

@@ -265,3 +265,71 @@ def test_batches_of_packed_indirect_tables():
 def test_struct_formats_are_little_endian():
     assert DESC_STRUCT.format.startswith("<") and PACKED_DESC_STRUCT.format.startswith("<")
     assert struct.calcsize(DESC_STRUCT.format) == 16
+
+
+# -- indirect tables gathered in one numpy take, or joined one by one ----------------------------------
+
+
+def _split_indirect_memory(offset: int, two_regions: bool) -> tuple[GuestMemory, int]:
+    """32 ring descriptors, each INDIRECT to a 4-entry table at ``INDIRECT_AT + offset + 80 * k`` (all 16-byte
+    aligned, gathered in one numpy take, when ``offset`` is; else read one by one), tables linked
+    0 -> 1 -> 2 -> 3, some with a fault; guest memory in one region or in two adjacent ones."""
+    memory = GuestMemory()
+    if two_regions:  # one range, two regions: the tables are read one by one
+        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE // 2))
+        memory.add_buffer(MEM_BASE + MEM_SIZE // 2, bytearray(MEM_SIZE // 2))
+    else:
+        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE))
+    desc = MEM_BASE + 0x8000
+    for k in range(32):
+        at = INDIRECT_AT + offset + 80 * k
+        memory.write(desc + 16 * k, DESC_STRUCT.pack(at, 64, 4, 0))
+        entries = [(MEM_BASE + 64 * j, 10 + j + k, (1 if j < 3 else 0) | (2 if j > 1 else 0), j + 1) for j in range(4)]
+        if k == 5:
+            entries[1] = (MEM_BASE + MEM_SIZE - 4, 64, 1, 2)  # outside guest memory
+        elif k == 9:
+            entries[2] = (MEM_BASE, 4, 1 | 4, 3)  # nested INDIRECT
+        elif k == 13:
+            entries[3] = (MEM_BASE, 4, 0, 0)  # readable after writable
+        elif k == 17:
+            entries[0] = (MEM_BASE, 4, 1, 0)  # links back to itself
+        memory.write(at, b"".join(DESC_STRUCT.pack(*e) for e in entries))
+    return memory, desc
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([0, 8, 4]), st.booleans(), st.lists(st.integers(0, 31), min_size=16, max_size=40))
+def test_indirect_table_gathers_equal_the_careful_walk(offset, two_regions, heads):
+    """However the tables are laid out (16-byte aligned or not, one region or two), the batch walk of
+    indirect chains equals the careful walker, anomalies included."""
+    memory, desc = _split_indirect_memory(offset, two_regions)
+    config = QueueConfig(0, 32, desc, desc + 0x1000, desc + 0x2000, features=1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    chains = walk_split_batch(config, memory, heads, 0, memory.view(desc, 512), bounds)
+    for k, (head, chain) in enumerate(zip(heads, chains, strict=True)):
+        want = careful_split_chain(config, memory, head, avail_idx=k, bounds=bounds)
+        _same(chain, want)
+        assert bool(want.anomalies) == (head in (5, 9, 13, 17))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([0, 8]), st.booleans())
+def test_packed_indirect_table_gathers_equal_the_careful_walk(offset, two_regions):
+    memory = GuestMemory()
+    if two_regions:
+        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE // 2))
+        memory.add_buffer(MEM_BASE + MEM_SIZE // 2, bytearray(MEM_SIZE // 2))
+    else:
+        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE))
+    desc = MEM_BASE + 0x8000
+    for k in range(32):
+        at = INDIRECT_AT + offset + 80 * k
+        memory.write(desc + 16 * k, PACKED_DESC_STRUCT.pack(at, 64, k, VIRTQ_DESC_F_AVAIL | 4))
+        memory.write(at, b"".join(PACKED_DESC_STRUCT.pack(MEM_BASE + 64 * j, 10 + j + k, 0, 2 if j > 1 else 0)
+                                  for j in range(4)))
+    config = QueueConfig(0, 32, desc, desc + 0x1000, desc + 0x2000, Layout.PACKED, 1 << VIRTIO_F_INDIRECT_DESC)
+    bounds = MemoryBounds(memory)
+    chains = scan_packed_batch(config, memory, 0, True, memory.view(desc, 512), bounds)
+    assert [c.id for c in chains] == list(range(32))
+    for k, chain in enumerate(chains):
+        _same(chain, careful_packed_chain(config, memory, k, True, bounds=bounds))

@@ -116,3 +116,13 @@ def test_parse_build_round_trip(layer, data):
     rebuilt = layer.build(values)
     assert data.startswith(rebuilt)  # trailing bytes past the layout are ignored, nothing else is lost
     assert _plain(layer.parse(rebuilt)) == _plain(values)
+
+
+def test_a_service_action_byte_with_high_bits_set_round_trips():
+    """SERVICE ACTION IN(16): the service action is bits 4-0 of byte 1 (SBC-3 5.16); the layout chosen
+    on parse (READ CAPACITY(16) for 0x90) is the one chosen on build."""
+    layer = next(layer for layer in LAYERS if layer.name == "virtio_scsi.cdb")
+    data = bytes([0x9E, 0x90]) + bytes(14)
+    values = layer.parse(data)
+    assert "allocation_length32" in values["cdb"]
+    assert layer.build(values) == data

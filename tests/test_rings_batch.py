@@ -72,6 +72,7 @@ def _plain(chain) -> list[tuple]:
     rows = [tuple(d) for d in chain.descriptors]
     assert all(type(x) is int for row in rows for x in row[:6]) and all(type(row[6]) is bool for row in rows)
     assert type(chain.readable_len) is int and type(chain.writable_len) is int and type(chain.id) is int
+    assert chain.ring_len == sum(1 for d in chain.descriptors if not d.in_indirect)  # (the lazy source's count)
     return rows
 
 
@@ -329,3 +330,95 @@ def test_memory_in_two_regions():
         ids = [queue.add([b"x" * 16], [8]) for _ in range(16)]
         changes = _both(batched, single)
         assert [c.id for c in changes.avail] == ids and not changes.anomalies
+
+
+# -- the quick constructors equal the usual ones ----------------------------------------------------------
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 32) - 1),
+       st.integers(0, 0xFFFF), st.booleans(), st.booleans())
+def test_quick_used_elements_and_completions_equal_the_constructors(queue, used_id, length, used_idx, wrap, implied):
+    from vqtrace.model import UsedElem
+    from vqtrace.rings.tracker import Completion
+
+    elem = T._used_elem(queue, used_id, length, used_idx, wrap, implied)
+    want = UsedElem(queue, used_id, length, used_idx, wrap=wrap, implied=implied)
+    assert type(elem) is UsedElem and elem == want and hash(elem) == hash(want) and repr(elem) == repr(want)
+    assert (elem.queue, elem.id, elem.len, elem.used_idx, elem.wrap, elem.implied) == \
+        (queue, used_id, length, used_idx, wrap, implied)
+    assert T._used_elem(queue, used_id, length, used_idx) == UsedElem(queue, used_id, length, used_idx)
+    done = T._new_done((elem, None))
+    assert type(done) is Completion and done == Completion(want, None)
+    assert (done.elem, done.chain, done.id, done.len) == (want, None, used_id, length)
+    with pytest.raises(AttributeError):
+        elem.len = 0  # immutable, as the frozen dataclass it was
+
+
+def test_ring_len_is_counted_once_and_again_after_new_descriptors():
+    from vqtrace.model import Chain, Descriptor
+
+    chain = Chain(0, 1, 0, [Descriptor(0x1000, 16, 4, 1), Descriptor(0x2000, 8, 0, 0, in_indirect=True)])
+    assert chain.ring_len == 1 and chain.ring_len == 1
+    chain.descriptors = [Descriptor(0x1000, 16, 1, 1, next=2), Descriptor(0x2000, 8, 0, 2)]
+    assert chain.ring_len == 2
+
+
+def test_a_run_partly_taken_by_another_chain_is_released_entry_by_entry():
+    """A chain of a batch walk, in table order (released in one slice when all its entries are still its own),
+    three of whose entries another chain takes while it is in flight: its release frees only the others,
+    the other chain's release the rest, as walked one by one."""
+    queue, batched, single = _pair()
+    device = DeviceQueue(queue.config, queue.memory)
+    first = queue.add([b"a"] * 4, [8] * 4)  # descriptors 0 .. 7, in table order
+    _both(batched, single)
+    assert first in batched._spans
+    queue.write_desc(60, 0x1000, 4, VIRTQ_DESC_F_NEXT, 5)  # 60 -> 5 -> 6 -> 7
+    queue.expose(60)
+    changes = _both(batched, single)
+    assert [a.code for a in changes.anomalies] == ["DESC_REUSED_IN_FLIGHT"] * 3
+    chains = [device.pop(), device.pop()]
+    assert [c.id for c in chains] == [first, 60]
+    device.push(chains[0], 0)
+    _both(batched, single)
+    assert batched._desc_owner[:8] == [-1] * 5 + [60] * 3 and batched._desc_owner[60] == 60
+    assert first not in batched._spans
+    device.push(chains[1], 0)
+    _both(batched, single)
+    assert batched._desc_owner == [-1] * 64
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([64, 256]), st.lists(st.tuples(st.integers(2, 12), st.integers(1, 3)), min_size=1, max_size=8),
+       st.lists(st.integers(0, 3), min_size=96, max_size=96), st.randoms(use_true_random=False))
+def test_split_batch_runs_and_the_links_between_them(size, shapes, writes, rnd):
+    """Chains in pieces (runs of entries in table order, linked one to the next anywhere in the table), with
+    readable and writable descriptors in any order: the walk run by run (few chains: see split_batch) checks
+    the links inside runs with numpy and those between runs itself; either way, as the careful walker."""
+    free = list(range(size))
+    rows: list[tuple[int, int, int, int] | None] = [None] * size
+    heads, w = [], 0
+    for length, pieces in shapes:
+        start = rnd.randrange(len(free) - length) if len(free) > length else None
+        if start is None:
+            break
+        cuts = sorted(rnd.sample(range(1, length), min(pieces - 1, length - 1)))
+        runs = [free[start:start + length][a:b] for a, b in zip([0, *cuts], [*cuts, length], strict=True)]
+        del free[start:start + length]
+        rnd.shuffle(runs)  # the pieces in any order in the table: links between runs go anywhere
+        entries = [e for run in runs for e in run]
+        for k, e in enumerate(entries):
+            kind = writes[w % len(writes)]
+            w += 1
+            flags = (VIRTQ_DESC_F_WRITE if (kind & 1 if kind < 2 else k >= length // 2) else 0)
+            last = k == length - 1
+            rows[e] = (MEM_BASE + 64 * e, 16, flags | (0 if last else VIRTQ_DESC_F_NEXT), 0 if last else entries[k + 1])
+        heads.append(entries[0])
+    rows = [r if r is not None else (MEM_BASE, 8, 0, 0) for r in rows]
+    table = b"".join(DESC_STRUCT.pack(*row) for row in rows)
+    desc = MEM_BASE + MEM_SIZE // 2
+    memory = _memory(table, desc)
+    config = QueueConfig(0, size, desc, desc + 0x8000, desc + 0x10000)
+    view, bounds = memory.view(desc, 16 * size), MemoryBounds(memory)
+    got = B.walk_split_batch(config, memory, heads, 0, view, bounds)
+    for k, (head, chain_got) in enumerate(zip(heads, got, strict=True)):
+        _same(chain_got, careful_split_chain(config, memory, head, avail_idx=k, table=view, bounds=bounds))

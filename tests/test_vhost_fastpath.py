@@ -548,21 +548,22 @@ def test_a_call_waits_for_no_long_walk_and_copies_its_bytes_at_once():
     from vqtrace.vhost.fastpath import fast_tap
     from vqtrace.vhost.proxy import KICK_WALK, WORK_WALK
 
-    engine, guest, queue = proxied_queue(fast_tap, size=64)
+    total = KICK_WALK + 3 + 2 * WORK_WALK - 1  # the kick's, the call's, then two looks in idle time
+    engine, guest, queue = proxied_queue(fast_tap, size=1 << (3 * total).bit_length())  # 3 descriptors each
     device = DeviceQueue(queue.config, guest.memory)
-    for n in range(20):
+    for n in range(total):
         queue.add([struct.pack("<IIQ", 0, 0, n)], [512, 1])
     kick = recorded(engine.handle(Notified(Notify.KICK, 0, 10, 1)))
     assert [e.kind for e in kick] == [EventKind.KICK] + [EventKind.AVAIL] * KICK_WALK
     tap = engine.taps[0]
-    assert engine.has_work() and tap.unwalked == 20 - KICK_WALK
+    assert engine.has_work() and tap.unwalked == total - KICK_WALK
     chains = [device.pop() for _ in range(KICK_WALK + 3)]
     for chain in chains:
-        guest.memory.write(chain.writable[0].addr, bytes([chain.avail_idx]) * 512 + b"\0")
+        guest.memory.write(chain.writable[0].addr, bytes([chain.avail_idx & 0xFF]) * 512 + b"\0")
         device.push(chain, 513)
     commands = engine.handle(Notified(Notify.CALL, 0, 20, 1))
     assert [type(c) for c in commands if isinstance(c, RecordBatch | Signal)] == [RecordBatch, Signal]
-    assert tap.unwalked == 20 - KICK_WALK - 3
+    assert tap.unwalked == total - KICK_WALK - 3
     for chain in chains:  # the driver has the call: it reuses the buffers at once
         guest.memory.write(chain.readable[0].addr, b"\xee" * 16)
         guest.memory.write(chain.writable[0].addr, b"\xee" * 513)
@@ -572,13 +573,13 @@ def test_a_call_waits_for_no_long_walk_and_copies_its_bytes_at_once():
         assert event.data == struct.pack("<IIQ", 0, 0, event.chain.avail_idx)
     for event, chain in zip(call[4:], chains, strict=True):
         assert event.used.id == chain.id and event.data == struct.pack("<IIQ", 0, 0, chain.avail_idx)
-        assert event.written == bytes([chain.avail_idx]) * 512 + b"\0"
+        assert event.written == bytes([chain.avail_idx & 0xFF]) * 512 + b"\0"
     walked = []
     while engine.has_work():
         step = recorded(engine.handle(Work(30)))
         assert 0 < len(step) <= WORK_WALK and {e.kind for e in step} == {EventKind.AVAIL}
         walked += step
-    assert [e.chain.avail_idx for e in walked] == list(range(KICK_WALK + 3, 20))
+    assert [e.chain.avail_idx for e in walked] == list(range(KICK_WALK + 3, total))
     assert not recorded(engine.handle(Work(40)))
     engine.release()
     guest.close()

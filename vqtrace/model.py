@@ -142,11 +142,12 @@ class Chain:
 
     Ring readers may build ``descriptors`` lazily (from a copy of the table taken when
     the chain was read, so later ring writes do not change it): reading the attribute
-    is the same either way.
+    is the same either way. (A lazy source has ``materialize()`` and ``ring_len``, which
+    must equal the count of the descriptors it makes that are not ``in_indirect``.)
     """
 
-    __slots__ = ("_descriptors", "_lazy", "anomalies", "avail_idx", "id", "queue", "readable_len", "wrap",
-                 "writable_len")
+    __slots__ = ("_descriptors", "_lazy", "_ring_len", "anomalies", "avail_idx", "id", "queue", "readable_len",
+                 "wrap", "writable_len")
 
     def __init__(self, queue: int, id: int, avail_idx: int, descriptors: list[Descriptor] | None = None,
                  wrap: bool = False, anomalies: list[Anomaly] | None = None, readable_len: int = -1,
@@ -156,6 +157,7 @@ class Chain:
         self.avail_idx = avail_idx
         self._descriptors = [] if descriptors is None else descriptors
         self._lazy: Any = None  # an object whose materialize() returns the descriptors
+        self._ring_len = -1  # ring_len, once counted from the descriptors
         self.wrap = wrap  # packed: the driver ring wrap counter it was made available with
         self.anomalies = [] if anomalies is None else anomalies
         self.readable_len = readable_len
@@ -169,7 +171,7 @@ class Chain:
         """A chain whose descriptors ``source.materialize()`` returns when first read (ring readers' fast path)."""
         chain = cls.__new__(cls)
         chain.queue, chain.id, chain.avail_idx, chain.wrap = queue, id, avail_idx, wrap
-        chain._descriptors, chain._lazy = None, source
+        chain._descriptors, chain._lazy, chain._ring_len = None, source, -1
         chain.anomalies = []
         chain.readable_len, chain.writable_len = readable_len, writable_len
         return chain
@@ -188,13 +190,15 @@ class Chain:
     @property
     def descriptors(self) -> list[Descriptor]:
         if self._descriptors is None:
-            self._descriptors = self._lazy.materialize()
+            lazy = self._lazy
+            self._descriptors = lazy.materialize()
+            self._ring_len = lazy.ring_len  # the source knows it (its ring indices), the descriptors would count it
             self._lazy = None
         return self._descriptors
 
     @descriptors.setter
     def descriptors(self, value: list[Descriptor]) -> None:
-        self._descriptors, self._lazy = value, None
+        self._descriptors, self._lazy, self._ring_len = value, None, -1
 
     @property
     def head(self) -> int:
@@ -222,7 +226,10 @@ class Chain:
         """
         if self._descriptors is None:
             return self._lazy.ring_len
-        return sum(1 for d in self._descriptors if not d.in_indirect)
+        count = self._ring_len
+        if count < 0:  # counted once (a packed tracker asks for it at every use)
+            count = self._ring_len = sum(1 for d in self._descriptors if not d.in_indirect)
+        return count
 
     @property
     def ok(self) -> bool:
@@ -237,8 +244,7 @@ class Chain:
         return text + ")"
 
 
-@dataclass(frozen=True, slots=True)
-class UsedElem:
+class UsedElem(NamedTuple):
     """A used element: the chain ``id`` the device returned and the bytes it wrote.
 
     ``used_idx`` is the free-running used index (split) or the ring slot (packed)
@@ -246,6 +252,9 @@ class UsedElem:
     with. ``implied`` marks a chain of an IN_ORDER batch that no used element names:
     a later element covered it and the device used it completely (2.7.9 / 2.8.8);
     its ``len`` is then the chain's writable length.
+
+    A NamedTuple (immutable, cheap to build: ring readers make one per used element, as many as
+    chains); build it with keywords or in field order.
     """
 
     queue: int

@@ -28,6 +28,7 @@ equal with and without these walks.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
@@ -80,61 +81,63 @@ class _Rows:
     def descs(self) -> list[Descriptor]:
         out = self._descs
         if out is None:
-            picked = self.rows if self.pick is None else self.rows.take(np.array(self.pick, dtype=np.intp))
+            pick = self.pick
+            # (a list of ints to an index array: through array.array, a C loop, quicker than np.array)
+            picked = self.rows if pick is None else self.rows.take(np.frombuffer(array("q", pick), dtype=np.int64))
             addr, length, flags = picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist()
             index = self.index.tolist() if isinstance(self.index, np.ndarray) else self.index
             if self.packed:
                 cols = zip(addr, length, flags, index, repeat(0), picked["id"].tolist(), repeat(self.in_indirect))
             else:
                 cols = zip(addr, length, flags, index, picked["next"].tolist(), repeat(0), repeat(self.in_indirect))
-            out = self._descs = list(map(_new_desc, cols))
+            # tuple.__new__(Descriptor, row) for each row: the quickest way to make many (no partial in between)
+            out = self._descs = list(map(tuple.__new__, repeat(Descriptor), cols))
             self.rows = self.pick = None  # the Descriptors hold everything now
         return out
 
 
-class _TableRows:
-    """Lazy descriptors of one chain of a batch: descriptors ``start .. end - 1`` of its :class:`_Rows`."""
+class _TableRows(tuple):
+    """Lazy descriptors of one chain of a batch: descriptors ``start .. end - 1`` of its :class:`_Rows`
+    (a tuple ``(rows, start, end)``: made in a fraction of an object's time)."""
 
-    __slots__ = ("end", "rows", "start")
-
-    def __init__(self, rows: _Rows, start: int, end: int) -> None:
-        self.rows, self.start, self.end = rows, start, end
+    __slots__ = ()
 
     @property
     def ring_len(self) -> int:
-        return self.end - self.start
+        return self[2] - self[1]
 
     @property
     def ring_indices(self) -> list[int]:
-        return self.rows.index[self.start:self.end]
+        return self[0].index[self[1]:self[2]]
 
     def materialize(self) -> list[Descriptor]:
-        return self.rows.descs()[self.start:self.end]
+        return self[0].descs()[self[1]:self[2]]
 
 
-class _IndirectRows:
-    """Lazy descriptors of one INDIRECT descriptor and its table: entries ``start .. end - 1`` of ``entries``."""
+class _IndirectRows(tuple):
+    """Lazy descriptors of one INDIRECT descriptor and its table: a tuple ``(head, head_row, entries, start, end,
+    packed)``: the descriptor at ring index ``head`` (its row as unpacked), then entries ``start .. end - 1`` of
+    ``entries`` (a :class:`_Rows`)."""
 
-    __slots__ = ("end", "entries", "head", "head_row", "packed", "start")
-
-    def __init__(self, head: int, head_row: tuple, entries: _Rows, start: int, end: int,
-                 packed: bool = False) -> None:
-        self.head, self.head_row, self.entries, self.start, self.end = head, head_row, entries, start, end
-        self.packed = packed
+    __slots__ = ()
 
     ring_len = 1
 
     @property
     def ring_indices(self) -> list[int]:
-        return [self.head]
+        return [self[0]]
 
     def materialize(self) -> list[Descriptor]:
-        r = self.head_row
-        if self.packed:  # (addr, len, id, flags)
-            first = _new_desc((r[0], r[1], r[3], self.head, 0, r[2], False))
+        head, r, entries, start, end, packed = self
+        if packed:  # (addr, len, id, flags)
+            first = _new_desc((r[0], r[1], r[3], head, 0, r[2], False))
         else:  # (addr, len, flags, next)
-            first = _new_desc((r[0], r[1], r[2], self.head, r[3], 0, False))
-        return [first, *self.entries.descs()[self.start:self.end]]
+            first = _new_desc((r[0], r[1], r[2], head, r[3], 0, False))
+        return [first, *entries.descs()[start:end]]
+
+
+_new_table_rows = partial(tuple.__new__, _TableRows)
+_new_indirect_rows = partial(tuple.__new__, _IndirectRows)
 
 
 def _in_bounds(addr: np.ndarray, length: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -159,17 +162,45 @@ def _sums(write: np.ndarray, length: np.ndarray, starts: list[int]) -> tuple[lis
             np.add.reduceat(np.where(write, length, 0), starts).tolist())
 
 
-def _tables(memory: GuestMemory, dtype: np.dtype, picked: list[tuple[int, int]], lo: int
+def _tables(memory: GuestMemory, dtype: np.dtype, addr: np.ndarray, length: np.ndarray, lo: int
             ) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """The indirect tables at (addr, len) ``picked``, one array; each one's first entry; each entry's index in
-    its own table."""
+    """The indirect tables at ``addr`` (``length`` bytes each, a multiple of 16, in memory), one array; each
+    one's first entry; each entry's index in its own table.
+
+    Gathered with one numpy ``take`` from guest memory seen as 16-byte records when the tables
+    are 16-byte aligned in one region (as drivers allocate them), else joined table by table.
+    """
+    counts = (length >> np.uint64(4)).astype(np.intp)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    local = np.arange(int(ends[-1])) - starts.repeat(counts)
     flat = _flat(memory, lo)
-    views = [flat[a - lo:a - lo + n] if flat is not None else memory.view(a, n) for a, n in picked]
-    entries = np.frombuffer(b"".join(views), dtype=dtype)
-    counts = np.asarray([n >> 4 for _, n in picked])
-    starts = np.cumsum(counts) - counts
-    local = np.arange(len(entries)) - np.repeat(starts, counts)
+    offset = addr - np.uint64(lo)
+    if flat is not None and not np.bitwise_or.reduce(offset) & 15:
+        records = np.frombuffer(flat, dtype=dtype, count=len(flat) >> 4)
+        entries = records.take((offset >> np.uint64(4)).astype(np.intp).repeat(counts) + local)
+        del records  # (a view of guest memory: none may outlive the call)
+    else:
+        views = [flat[a - lo:a - lo + n] if flat is not None else memory.view(a, n)
+                 for a, n in zip(addr.tolist(), length.tolist(), strict=True)]
+        entries = np.frombuffer(b"".join(views), dtype=dtype)
     return entries, starts.tolist(), local
+
+
+def _indirect_candidates(picked: np.ndarray, size: int, lo: int, hi: int, packed: bool) -> np.ndarray:
+    """Positions in ``picked`` (ring descriptors) of those that can be a whole list by themselves: INDIRECT
+    without NEXT, negotiated, a non-zero multiple of 16 long, at most ``size`` entries, inside [lo, hi);
+    packed, also a buffer id below ``size`` (2.7.5.3, 2.8.7)."""
+    flags = picked["flags"]
+    length = picked["len"].astype(np.uint64)
+    addr = picked["addr"]
+    ok = (flags & (VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT)) == VIRTQ_DESC_F_INDIRECT
+    ok &= (length != 0) & ((length & np.uint64(15)) == 0) & (length <= np.uint64(16 * size))
+    ok &= (addr >= np.uint64(lo)) & (addr <= np.uint64(hi))
+    ok &= addr + length <= np.uint64(hi)  # (addr <= hi: no wrap past 2^64)
+    if packed:
+        ok &= picked["id"] < size
+    return ok.nonzero()[0]
 
 
 def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, candidates: list[tuple[int, int]],
@@ -182,16 +213,11 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     """
     size = config.size
     picked = rows.take(np.array([head for _, head in candidates], dtype=np.intp))
-    flags, length, addr = picked["flags"].tolist(), picked["len"].tolist(), picked["addr"].tolist()
-    chosen = []
-    for n, (k, _) in enumerate(candidates):
-        f, ln, a = flags[n], length[n], addr[n]
-        if (f & (VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT)) == VIRTQ_DESC_F_INDIRECT and ln and not ln & 15 \
-                and ln >> 4 <= size and lo <= a and a + ln <= hi:
-            chosen.append((k, n))
-    if not chosen:
+    chosen = _indirect_candidates(picked, size, lo, hi, False)
+    if not len(chosen):
         return {}
-    entries, firsts, local = _tables(memory, SPLIT_DTYPE, [(addr[n], length[n]) for _, n in chosen], lo)
+    picked = picked.take(chosen)
+    entries, firsts, local = _tables(memory, SPLIT_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
     total = len(entries)
     ends = np.asarray([*firsts[1:], total])
     last = np.zeros(total, dtype=bool)
@@ -206,14 +232,15 @@ def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, 
     readable, writable = _sums(write, e_len, firsts)
     flagged = np.logical_or.reduceat(bad, firsts).tolist()
     table_rows = _Rows(entries, None, local, False, True)
-    nexts = picked["next"].tolist()
+    head_rows = list(zip(picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist(),
+                         picked["next"].tolist(), strict=True))
     ends_list = ends.tolist()
     out = {}
-    for m, (k, n) in enumerate(chosen):
+    for m, n in enumerate(chosen.tolist()):
         if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
             continue
-        head_row = (addr[n], length[n], flags[n], nexts[n])
-        out[k] = (_IndirectRows(candidates[n][1], head_row, table_rows, firsts[m], ends_list[m]), readable[m],
+        k, head = candidates[n]
+        out[k] = (_new_indirect_rows((head, head_rows[m], table_rows, firsts[m], ends_list[m], False)), readable[m],
                   writable[m])
     return out
 
@@ -232,7 +259,7 @@ _ENTRIES: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> ([1, 2, ..., 
 
 
 def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
-                   ) -> tuple[Sequence[int], Sequence[int], Sequence[int] | None]:
+                   ) -> tuple[Sequence[int], Sequence[int], Sequence[int] | None, Sequence[int] | None]:
     """Per entry of a split descriptor table (2.7.5): the entry its NEXT links to (``_STOP`` without NEXT,
     ``_CAREFUL`` when a chain through it must be walked carefully: INDIRECT, too long, outside [lo, hi),
     a link out of the table, or writable and linking to a readable one, 2.7.4.2); and its weight:
@@ -240,7 +267,9 @@ def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
 
     With ``runs``, also the last entry of the run from each one: the entries after it that each link to
     the next one in the table (as a driver that allocates in order lays chains out), so that a walk
-    takes a run in one step.
+    takes a run in one step; and each entry's WRITE flag. Then only the links inside runs are checked
+    here for 2.7.4.2 (with two numpy calls, not six): the walk checks the link from a run to the next
+    (``write[e]`` and not ``write[i]``: careful).
 
     Few numpy calls (they, not the entries, cost; ``argmax`` is much cheaper than ``any``/``max``):
     the checks run over the whole table at once and only when one fails is the culprit found.
@@ -254,27 +283,44 @@ def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
     write = high & _WRITE
     prefix = np.zeros(size + 1, dtype=np.uint64)
     np.add.accumulate(np.where(write, length, length << _U32), out=prefix[1:])  # wraps at 2^64: differences hold
-    # where a link out of the table points does not matter (it is ruled out): any entry will do
-    target = nxt & np.uint64(size - 1) if not size & (size - 1) else np.minimum(nxt, np.uint64(size - 1))
-    reads_after = ((high & _CHAINED) | (write[target] << _ONE)) == _CHAINED  # NEXT, WRITE, then not WRITE
     # INDIRECT, a len of SMALL_LEN or more, or a next out of the table (with NEXT or not: a quick first look)
     suspect = meta & (_RULED_OUT | np.uint64((0xFFFF & -size) << 48) if not size & (size - 1) else _RULED_OUT)
     end = addr + length
     np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
+    if runs:
+        entries = _ENTRIES.get(size)
+        if entries is None:
+            entries = _ENTRIES[size] = (np.arange(1, size + 1, dtype=np.uint64), np.arange(size, dtype=np.intp))
+        apart = step != entries[0]  # entry k does not link to k + 1: a run ends there
+        inner = (write[:-1] > write[1:]) > apart[:-1]  # writable, linking to the next entry, which is readable
+        reads_after = None
+        suspicious = inner[inner.argmax()]
+    else:
+        reads_after = _reads_after(high, nxt, write, size)
+        suspicious = reads_after[reads_after.argmax()]
     if suspect[suspect.argmax()] or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo) \
-            or reads_after[reads_after.argmax()] or size & (size - 1):
+            or suspicious or size & (size - 1):
+        if reads_after is None:
+            reads_after = _reads_after(high, nxt, write, size)
         link_out = ((high & _NEXT) != 0) & (nxt >= np.uint64(size))
         outside = ((end > hi) | (addr < lo)) & (length != 0)
         step[((meta & _RULED_OUT) != 0) | outside | reads_after | link_out] = _CAREFUL
+        if runs:
+            apart = step != entries[0]
     if not runs:
-        return step.tolist(), prefix.tolist(), None
-    entries = _ENTRIES.get(size)
-    if entries is None:
-        entries = _ENTRIES[size] = (np.arange(1, size + 1, dtype=np.uint64), np.arange(size, dtype=np.intp))
+        return step.tolist(), prefix.tolist(), None, None
     # the last entry always ends a run: a link to ``size`` is ruled out
-    breaks = (step != entries[0]).nonzero()[0]
+    breaks = apart.nonzero()[0]
     # a walk run by run reads a few values per chain: memoryviews give them as ints without converting them all
-    return memoryview(step), memoryview(prefix), memoryview(breaks[breaks.searchsorted(entries[1])])
+    return memoryview(step), memoryview(prefix), memoryview(breaks[breaks.searchsorted(entries[1])]), \
+        memoryview(write)
+
+
+def _reads_after(high: np.ndarray, nxt: np.ndarray, write: np.ndarray, size: int) -> np.ndarray:
+    """Per entry: NEXT and WRITE, linking to a readable entry (2.7.4.2)."""
+    # where a link out of the table points does not matter (it is ruled out): any entry will do
+    target = nxt & np.uint64(size - 1) if not size & (size - 1) else np.minimum(nxt, np.uint64(size - 1))
+    return ((high & _CHAINED) | (write[target] << _ONE)) == _CHAINED
 
 
 def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
@@ -290,9 +336,10 @@ def walk_split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[i
 
 def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], first_idx: int,
                 table: memoryview | bytes, bounds: MemoryBounds
-                ) -> tuple[list[Chain], list[int], list[tuple[int, int] | None]]:
+                ) -> tuple[list[Chain], list[int], list[tuple[int, int, int] | None]]:
     """:func:`walk_split_batch`, and what the tracker's bookkeeping needs: the table entries the batch's chains
-    take, and per chain the part of them that is its own (None: a chain of the one-by-one walkers)."""
+    take, and per chain the part of them that is its own, ``(start, end, first)`` (None: a chain of the
+    one-by-one walkers): ``entries[start:end]``, which are ``first, first + 1, ...`` when ``first >= 0``."""
     size, queue = config.size, config.index
     single = bounds.single()
     if single is None:
@@ -301,7 +348,7 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
     lo, hi = single
     raw = bytes(table)  # a copy: later ring writes do not show
     runs = len(heads) * 4 <= size  # long chains (on average): walk them run by run
-    step, prefix, run_end = _split_entries(raw, size, lo, hi, runs)
+    step, prefix, run_end, write = _split_entries(raw, size, lo, hi, runs)
     walked: list[int] = []
     append, extend = walked.append, walked.extend
     limit = min(MAX_STEPS, size)
@@ -309,29 +356,41 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
     source = _Rows(np.frombuffer(raw, dtype=SPLIT_DTYPE, count=size), walked, walked, False)
     lazy = Chain.lazy
     chains: list[Chain | None] = []
-    parts: list[tuple[int, int] | None] = []
+    parts: list[tuple[int, int, int] | None] = []
     slow: list[tuple[int, int]] = []  # (position, head) of the chains for the one-by-one walkers
     start = 0
     add_chain, add_part = chains.append, parts.append
     for k, head in enumerate(heads, first_idx):
-        if head < size:
+        if head < size and step[head] != _CAREFUL:  # (an INDIRECT head, for one, is _CAREFUL: see below)
             if run_end is not None:  # run by run
-                i, total, n = head, 0, 0
-                while True:
-                    e = run_end[i]
-                    n += e - i + 1
-                    if n > limit:
-                        i = 0  # longer than MAX_STEPS (or a loop)
-                        break
-                    total += prefix[e + 1] - prefix[i]
-                    if e == i:
-                        append(i)
+                e = run_end[head]
+                n = e - head + 1
+                if n > limit:
+                    i = 0  # longer than MAX_STEPS
+                else:
+                    total = prefix[e + 1] - prefix[head]
+                    if e == head:
+                        append(head)
                     else:
-                        extend(range(i, e + 1))
+                        extend(range(head, e + 1))
                     i = step[e]
-                    if i >= size:
-                        break
-                total &= _M64
+                    first = head if i == _STOP else -1  # one run: table entries head, head + 1, ...
+                    while i < size:
+                        if write[e] and not write[i]:  # 2.7.4.2: readable after writable (the careful walker's)
+                            i = 0
+                            break
+                        e = run_end[i]
+                        n += e - i + 1
+                        if n > limit:
+                            i = 0  # longer than MAX_STEPS (or a loop)
+                            break
+                        total += prefix[e + 1] - prefix[i]
+                        if e == i:
+                            append(i)
+                        else:
+                            extend(range(i, e + 1))
+                        i = step[e]
+                    total &= _M64
             else:  # descriptor by descriptor
                 append(head)
                 i = step[head]
@@ -348,15 +407,18 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
                 if i == _STOP:
                     if last == head:
                         total = prefix[head + 1] - prefix[head]
+                        first = head
                     else:
+                        first = -1
                         total = 0
                         for j in walked[start:]:
                             total += prefix[j + 1] - prefix[j]
                     total &= _M64
             if i == _STOP:
                 end = len(walked)
-                add_chain(lazy(queue, head, k & 0xFFFF, _TableRows(source, start, end), total >> 32, total & _LOW))
-                add_part((start, end))
+                add_chain(lazy(queue, head, k & 0xFFFF, _new_table_rows((source, start, end)), total >> 32,
+                               total & _LOW))
+                add_part((start, end, first))
                 start = end
                 continue
             del walked[start:]
@@ -375,7 +437,7 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
             avail_idx = (first_idx + k) & 0xFFFF
             if found is not None:
                 chains[k] = lazy(queue, head, avail_idx, *found)
-                parts[k] = (len(entries), len(entries) + 1)
+                parts[k] = (len(entries), len(entries) + 1, head)
                 entries.append(head)
             else:  # one by one, the scalar fast path first
                 chains[k] = walk_split_chain(config, memory, head, avail_idx=avail_idx, table=table, bounds=bounds)
@@ -385,6 +447,7 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
 #: Bits of (len | id << 32 | flags << 48) that rule a slot out: INDIRECT, and a len of SMALL_LEN or more.
 _PACKED_RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 48 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
 _AU = np.uint64(_AVAIL_USED)
+_FIRST = np.zeros(1, dtype=np.intp)
 
 
 def _packed_entries(raw: bytes, size: int, lap: int, expect: int, lo: int, hi: int
@@ -408,19 +471,20 @@ def _packed_entries(raw: bytes, size: int, lap: int, expect: int, lo: int, hi: i
     stop = int(available.argmin())
     if available[stop]:
         stop = size  # all available
-    ends = ((flags[:stop] & _NEXT) == 0).nonzero()[0]
+    last = (flags[:stop] & _NEXT) == 0  # the last slot of a list
+    ends = last.nonzero()[0]
     if not len(ends):
         return [], [], [], None
     stop = int(ends[-1]) + 1  # slots after the last list's end are an unfinished list: the careful walker's
     ends_list = ends.tolist()
-    starts = [0, *[e + 1 for e in ends_list[:-1]]]
+    starts = np.concatenate((_FIRST, ends[:-1] + 1))
     flags, addr, meta = flags[:stop], addr[:stop], meta[:stop]
     length = meta & _M32
     write = flags & _WRITE
     sums = np.add.reduceat(np.where(write, length, length << _U32), starts).tolist()
-    ids = [x & 0xFFFF for x in high[ends].tolist()]
-    # slot k readable while slot k - 1 is writable and links to it
-    reads_after = ((flags[:-1] & _CHAINED) | (write[1:] << _ONE)) == _CHAINED
+    ids = (high[ends] & np.uint64(0xFFFF)).tolist()
+    # slot k readable while slot k - 1 is writable and links to it (has NEXT: is not the last of its list)
+    reads_after = (write[:-1] > write[1:]) > last[:stop - 1]
     ruled_out = meta & _PACKED_RULED_OUT
     end = addr + length
     np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
@@ -496,10 +560,10 @@ def packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool
         found = tables.get(k) if tables else None
         if found is None:
             total = sums[k]
-            append(lazy(queue, ids[k], slots[q], _TableRows(source, q, e + 1), total >> 32, total & _LOW,
-                        wrap=wrap if q < lap else not wrap))
+            append(lazy(queue, ids[k], slots[q], _new_table_rows((source, q, e + 1)), total >> 32, total & _LOW,
+                        wrap if q < lap else not wrap))
         else:
-            append(lazy(queue, ids[k], slots[q], *found, wrap=wrap if q < lap else not wrap))
+            append(lazy(queue, ids[k], slots[q], *found, wrap if q < lap else not wrap))
         q = e + 1
     return chains, taken
 
@@ -511,17 +575,11 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray
     size = config.size
     out: list[tuple[_IndirectRows, int, int] | None] = [None] * len(slots)
     picked = table.take(np.array(slots, dtype=np.intp))
-    addr, length, ids, f = (picked[name].tolist() for name in ("addr", "len", "id", "flags"))
-    chosen = []
-    for n in range(len(slots)):
-        a, ln = addr[n], length[n]
-        if f[n] & VIRTQ_DESC_F_NEXT or not ln or ln & 15 or ln >> 4 > size or not (lo <= a and a + ln <= hi) \
-                or ids[n] >= size:
-            continue
-        chosen.append(n)
-    if not chosen:
+    chosen = _indirect_candidates(picked, size, lo, hi, True)
+    if not len(chosen):
         return out
-    entries, firsts, local = _tables(memory, PACKED_DTYPE, [(addr[n], length[n]) for n in chosen], lo)
+    picked = picked.take(chosen)
+    entries, firsts, local = _tables(memory, PACKED_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
     total = len(entries)
     last = np.zeros(total, dtype=bool)
     last[np.asarray([*firsts[1:], total]) - 1] = True
@@ -533,9 +591,11 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray
     flagged = np.logical_or.reduceat(bad, firsts).tolist()
     table_rows = _Rows(entries, None, local, True, True)
     ends = [*firsts[1:], total]
-    for m, n in enumerate(chosen):
+    head_rows = list(zip(picked["addr"].tolist(), picked["len"].tolist(), picked["id"].tolist(),
+                         picked["flags"].tolist(), strict=True))
+    for m, n in enumerate(chosen.tolist()):
         if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
             continue
-        head_row = (addr[n], length[n], ids[n], f[n])
-        out[n] = (_IndirectRows(slots[n], head_row, table_rows, firsts[m], ends[m], True), readable[m], writable[m])
+        out[n] = (_new_indirect_rows((slots[n], head_rows[m], table_rows, firsts[m], ends[m], True)), readable[m],
+                  writable[m])
     return out

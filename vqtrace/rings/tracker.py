@@ -34,9 +34,17 @@ new lap from the old one and stops where the rings no longer match what it saw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
-from ..dissectors.virtqueue import PACKED_DESC_SIZE, SPLIT_DESC_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from ..dissectors.virtqueue import (
+    PACKED_DESC_SIZE,
+    SPLIT_DESC_SIZE,
+    VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_USED,
+    VIRTQ_DESC_F_WRITE,
+)
 from ..errors import GuestMemoryError, VqtraceError
 from ..memory import GuestMemory
 from ..model import Anomaly, Chain, Layout, QueueConfig, RingState, UsedElem
@@ -59,13 +67,12 @@ from .split import AVAIL_RING, USED_ELEM_STRUCT, USED_RING
 __all__ = ["Completion", "PackedTracker", "RingChanges", "RingSnapshot", "RingTracker", "SplitTracker", "snapshot"]
 
 
-@dataclass(slots=True)
-class Completion:
+class Completion(NamedTuple):
     """One chain used by the device: the used element and the chain it completes.
 
     ``chain`` is None when the id was not in flight (``USED_ID_NOT_IN_FLIGHT``).
     With IN_ORDER, each chain of a batch gets its own Completion; those the device
-    skipped have ``elem.implied`` set (2.7.9, 2.8.8).
+    skipped have ``elem.implied`` set (2.7.9, 2.8.8). A NamedTuple: cheap to build, one per used element.
     """
 
     elem: UsedElem
@@ -78,6 +85,9 @@ class Completion:
     @property
     def len(self) -> int:
         return self.elem.len
+
+
+_new_done = partial(tuple.__new__, Completion)  # ``_new_done((elem, chain))``: Completion(elem, chain), quicker
 
 
 @dataclass
@@ -123,6 +133,17 @@ class RingSnapshot:
 
 def _flag(config: QueueConfig, code: str, message: str, **kw: Any) -> Anomaly:
     return A.anomaly(code, message, packed=config.packed, queue=config.index, **kw)
+
+
+#: ``_new_used((queue, id, len, used_idx, wrap, implied))`` is ``UsedElem(queue, id, len, used_idx, wrap, implied)``
+#: made without the keyword machinery (a NamedTuple from a tuple in field order), as Completion's ``_new_done``.
+_new_used = partial(tuple.__new__, UsedElem)
+_AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+
+
+def _used_elem(queue: int, id: int, length: int, used_idx: int, wrap: bool = False, implied: bool = False,
+               ) -> UsedElem:
+    return _new_used((queue, id, length, used_idx, wrap, implied))
 
 
 class RingTracker:
@@ -184,11 +205,13 @@ class RingTracker:
 
     def _complete(self, chain: Chain | None, elem: UsedElem, changes: RingChanges) -> None:
         if chain is not None and elem.len > chain.writable_len and not elem.implied:
-            changes.anomalies.append(_flag(
-                self.config, A.USED_LEN_TOO_LARGE,
-                f"used length {elem.len} of id {elem.id} is larger than its {chain.writable_len} writable bytes",
-                id=elem.id))
-        changes.used.append(Completion(elem, chain))
+            changes.anomalies.append(self._too_long(chain, elem.id, elem.len))
+        changes.used.append(_new_done((elem, chain)))
+
+    def _too_long(self, chain: Chain, used_id: int, length: int) -> Anomaly:
+        return _flag(self.config, A.USED_LEN_TOO_LARGE,
+                     f"used length {length} of id {used_id} is larger than its {chain.writable_len} writable bytes",
+                     id=used_id)
 
     def _take_batch(self, used_id: int) -> list[Chain] | None:
         """IN_ORDER: the in-flight chains up to and including ``used_id`` (2.7.9 / 2.8.8), removed; None if absent."""
@@ -211,6 +234,9 @@ class SplitTracker(RingTracker):
                  used_idx: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, memory)
         self._desc_owner = [-1] * config.size  # descriptor table index -> id of the in-flight chain holding it
+        # head -> (chain, first, end, [head] * (end - first)): a chain of a batch walk that took table entries
+        # first .. end - 1 (as drivers lay chains out), so that its release is one slice, not a walk of its entries
+        self._spans: dict[int, tuple[Chain, int, int, list[int]]] = {}
         self.avail_idx = self.used_idx = 0
         self.avail_flags = self.used_flags = 0
         self.used_event: int | None = None
@@ -260,6 +286,12 @@ class SplitTracker(RingTracker):
 
     def _release(self, chain: Chain) -> None:
         owner, head = self._desc_owner, chain.id
+        span = self._spans.pop(head, None)
+        if span is not None and span[0] is chain:
+            first, end, mine = span[1], span[2], span[3]
+            if owner[first:end] == mine:  # all its own still (DESC_REUSED_IN_FLIGHT may have given some away)
+                owner[first:end] = [-1] * (end - first)
+                return
         taken = ring_indices(chain)
         count = len(taken)
         if count > 2:
@@ -368,21 +400,23 @@ class SplitTracker(RingTracker):
             anomalies = changes.anomalies
             chains, entries, parts = _walk_heads(self.config, self.memory, self.bounds, table, ring,
                                                  (start + walked) & 0xFFFF, stop - walked)
-            owner, in_flight = self._desc_owner, self._in_flight
+            owner, in_flight, spans = self._desc_owner, self._in_flight, self._spans
             for chain, part in zip(chains, parts, strict=True):
                 head = chain.id
                 if part is not None and head not in in_flight:
                     # A chain of the batch walk (no anomaly, no loop): its descriptors, if none is held
                     # by another chain (else _add_in_flight says which), are its own now.
-                    taken = entries[part[0]:part[1]]
-                    first, count = taken[0], len(taken)
-                    if count > 2 and taken[-1] == first + count - 1 and taken == list(range(first, first + count)):
-                        if max(owner[first:first + count]) < 0:  # in table order, as drivers lay them out
-                            owner[first:first + count] = [head] * count
+                    start, end, first = part
+                    if first >= 0 and end - start > 2:  # table entries first, first + 1, ...: as drivers lay them out
+                        last = first + end - start
+                        if owner[first:last] == [-1] * (end - start):  # all free (quicker than max() < 0)
+                            owner[first:last] = mine = [head] * (end - start)
                             in_flight[head] = chain
+                            spans[head] = (chain, first, last, mine)
                         else:
                             self._add_in_flight(chain, anomalies)
                         continue
+                    taken = entries[start:end]
                     for index in taken:
                         if owner[index] >= 0:
                             for freed in taken[:taken.index(index)]:
@@ -418,38 +452,48 @@ class SplitTracker(RingTracker):
             return
         unpack = USED_ELEM_STRUCT.unpack_from
         pos, left, queue = old_used, moved, config.index
-        while left > 0:
-            used_id, length = unpack(ring, 8 * (pos % size))
-            if used_id not in self._in_flight and self._unwalked is not None:
-                self._walk_avail(used_id, changes)  # made available and used since the last poll
-            if config.in_order:
-                batch = self._take_batch(used_id)
-                if batch is None:
-                    anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
-                                           f"used idx {pos}: id {used_id} is not in flight", id=used_id))
-                    self._complete(None, UsedElem(queue, used_id, length, pos), changes)
-                    step = 1
-                else:
-                    step = len(batch)
-                    if step > left:
-                        anomalies.append(_flag(config, A.IN_ORDER_VIOLATION,
-                                               f"used idx {pos}: id {used_id} closes a batch of {step} chains but "
-                                               f"used idx only moved {left} further", id=used_id))
-                    for k, chain in enumerate(batch):
-                        self._release(chain)
-                        last = k == step - 1
-                        elem = UsedElem(queue, chain.id, length if last else chain.writable_len,
-                                        (pos + k) & 0xFFFF, implied=not last)
-                        self._complete(chain, elem, changes)
-            else:
-                chain = self._in_flight.pop(used_id, None)
+        if not config.in_order:  # one used element per chain (2.7.8): _complete, inlined
+            in_flight, used, release, mask = self._in_flight, changes.used, self._release, size - 1
+            new_used, new_done = _new_used, _new_done
+            for _ in range(moved):
+                used_id, length = unpack(ring, 8 * (pos & mask))
+                chain = in_flight.pop(used_id, None)
+                if chain is None and self._unwalked is not None:
+                    self._walk_avail(used_id, changes)  # made available and used since the last poll
+                    chain = in_flight.pop(used_id, None)
                 if chain is None:
                     anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
                                            f"used idx {pos}: id {used_id} is not in flight", id=used_id))
                 else:
-                    self._release(chain)
-                self._complete(chain, UsedElem(queue, used_id, length, pos), changes)
+                    release(chain)
+                    if length > chain.writable_len:
+                        anomalies.append(self._too_long(chain, used_id, length))
+                used.append(new_done((new_used((queue, used_id, length, pos, False, False)), chain)))
+                pos = (pos + 1) & 0xFFFF
+            self.used_idx = used_idx
+            return
+        while left > 0:
+            used_id, length = unpack(ring, 8 * (pos % size))
+            if used_id not in self._in_flight and self._unwalked is not None:
+                self._walk_avail(used_id, changes)  # made available and used since the last poll
+            batch = self._take_batch(used_id)  # IN_ORDER (2.7.9)
+            if batch is None:
+                anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
+                                       f"used idx {pos}: id {used_id} is not in flight", id=used_id))
+                self._complete(None, _used_elem(queue, used_id, length, pos), changes)
                 step = 1
+            else:
+                step = len(batch)
+                if step > left:
+                    anomalies.append(_flag(config, A.IN_ORDER_VIOLATION,
+                                           f"used idx {pos}: id {used_id} closes a batch of {step} chains but "
+                                           f"used idx only moved {left} further", id=used_id))
+                for k, chain in enumerate(batch):
+                    self._release(chain)
+                    last = k == step - 1
+                    elem = _used_elem(queue, chain.id, length if last else chain.writable_len,
+                                      (pos + k) & 0xFFFF, implied=not last)
+                    self._complete(chain, elem, changes)
             pos = (pos + step) & 0xFFFF
             left -= step
         self.used_idx = used_idx
@@ -496,7 +540,7 @@ def _entry_heads(ring: memoryview, start: int, count: int, size: int) -> list[in
 
 def _walk_heads(config: QueueConfig, memory: GuestMemory, bounds: MemoryBounds, table: memoryview,
                 ring: memoryview, start: int, count: int
-                ) -> tuple[list[Chain], list[int], list[tuple[int, int] | None]]:
+                ) -> tuple[list[Chain], list[int], list[tuple[int, int, int] | None]]:
     """Walk the chains of avail->ring[] entries start .. start + count - 1 (numpy for many, else one by one).
 
     Also the table entries a batch walk took and, per chain, its part of them (:func:`split_batch`).
@@ -671,21 +715,33 @@ class PackedTracker(RingTracker):
         config, size, anomalies, queue = self.config, self.config.size, changes.anomalies, self.config.index
         unpack = PACKED_DESC_STRUCT.unpack_from
         slot, wrap, done, missed = self.used_idx, self.used_wrap, 0, 0
+        in_order, in_flight, used = config.in_order, self._in_flight, changes.used
+        new_used, new_done = _new_used, _new_done
         while done < room:
             _, length, used_id, flags = unpack(ring, PACKED_DESC_SIZE * slot)
-            if not packed_desc_used(flags, wrap):
+            if flags & _AVAIL_USED != (_AVAIL_USED if wrap else 0):  # packed_desc_used(flags, wrap), inlined
                 break
             length = length if flags & VIRTQ_DESC_F_WRITE else 0  # 2.8.4: len is reserved without WRITE
-            if config.in_order:
+            if in_order:
                 batch = self._take_batch(used_id) or []
             else:
-                chain = self._in_flight.pop(used_id, None)
-                batch = [chain] if chain is not None else []
+                chain = in_flight.pop(used_id, None)
+                if chain is not None:  # the common case: _complete, inlined
+                    if length > chain.writable_len:
+                        anomalies.append(self._too_long(chain, used_id, length))
+                    used.append(new_done((new_used((queue, used_id, length, slot, wrap, False)), chain)))
+                    step = chain.ring_len
+                    done += step
+                    slot += step
+                    if slot >= size:
+                        slot, wrap = advance(slot - size, not wrap, 0, size)
+                    continue
+                batch = []
             if batch:
                 step = 0
                 for k, chain in enumerate(batch):
                     last = k == len(batch) - 1
-                    elem = UsedElem(queue, chain.id, length if last else chain.writable_len, slot, wrap,
+                    elem = _used_elem(queue, chain.id, length if last else chain.writable_len, slot, wrap,
                                     implied=not last)
                     self._complete(chain, elem, changes)
                     step += chain.ring_len
@@ -694,7 +750,7 @@ class PackedTracker(RingTracker):
                 # slot; the rest of the list (same buffer id, 2.8.6) is skipped with it.
                 step = 1 + _stale_tail(ring, slot, wrap, used_id, size)
                 self.avail_idx, self.avail_wrap = advance(slot, wrap, step, size)
-                self._complete(None, UsedElem(queue, used_id, length, slot, wrap), changes)
+                self._complete(None, _used_elem(queue, used_id, length, slot, wrap), changes)
                 changes.missed += 1
                 missed += 1
                 done += step
@@ -704,7 +760,7 @@ class PackedTracker(RingTracker):
                 anomalies.append(_flag(config, A.USED_ID_NOT_IN_FLIGHT,
                                        f"used descriptor in slot {slot}: buffer id {used_id} is not in flight",
                                        id=used_id))
-                self._complete(None, UsedElem(queue, used_id, length, slot, wrap), changes)
+                self._complete(None, _used_elem(queue, used_id, length, slot, wrap), changes)
                 step = 1
             done += step
             slot, wrap = advance(slot, wrap, step, size)

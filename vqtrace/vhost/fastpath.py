@@ -2,14 +2,25 @@
 
 At each kick or call the proxy reads what one queue did (chains made available, used
 elements) and records it before it forwards the call. :class:`FastTap` does that for
-the common case of a split ring without building events or chains:
+the common case of a split ring without building events or chains, and keeps what must
+happen before a call is forwarded short:
+
+- a kick (already forwarded) walks the new chains: a short loop for direct descriptors
+  in one memory region, which keeps the descriptors' values, copies the readable bytes
+  and takes views of the writable buffers; the chain's record part is packed later, by
+  its first record (:func:`shared_of`, once the call is forwarded);
+- a call takes each used element's written bytes with one join of those views (the
+  device wrote them all and they fit the snap length; else span by span), then the
+  proxy forwards it; the records are made and written after that.
+
+The pieces:
 
 - :class:`FastSplitTracker` is a :class:`~vqtrace.rings.tracker.SplitTracker` (same
   state, same results) whose :meth:`~FastSplitTracker.poll_lean` reads the indices, the
   used elements and the new chains' descriptors with ``struct`` over cached views of the
   rings, and copies the bytes the trace keeps (readable ones up to the snap length when a
-  chain is made available, written ones when it is used). A chain it walks is kept as a
-  plain list (an *entry*, ``E_*`` below) until something asks for its
+  chain is made available, written ones when it is used, before the call goes on). A
+  chain it walks is kept as a plain list (an *entry*, ``E_*`` below) until something asks for its
   :class:`~vqtrace.model.Chain`: :attr:`in_flight`, :attr:`state` and the careful
   :meth:`poll` see the tracker's usual state (:meth:`FastSplitTracker.merge`).
   Whatever could be an anomaly (reserved flag bits, an index too far ahead, a head or
@@ -24,7 +35,8 @@ the common case of a split ring without building events or chains:
   :meth:`RingBatch.blocks` makes the trace blocks directly (:mod:`vqtrace.vhost.records`);
   :meth:`RingBatch.events` makes the events (a printer, the TUI, tests). A careful poll's
   answer is TrackerTap's list of events.
-- :class:`BlockSink` writes a session's records (events and batches) to a TraceWriter.
+- :class:`BlockSink` writes a session's records (events and batches) to a TraceWriter, each
+  flush in one ``TraceWriter.write_blocks``.
 
 Tests (``tests/test_vhost_fastpath.py``) hold FastSplitTracker equal to SplitTracker and
 FastTap's events equal to TrackerTap's, poll for poll, with anomalies and without, and the
@@ -44,7 +56,20 @@ from ..rings import anomalies as A
 from ..rings.chain import CHAIN_BYTES_LIMIT, DESC_STRUCT, MAX_QUEUE_SIZE, ring_indices, walk_split_chain
 from ..rings.split import AVAIL_RING, USED_RING
 from ..rings.tracker import RingChanges, RingTracker, SplitTracker
-from .records import CHAIN_AND_SIZE, QueueBlocks, chain_and_readable, chain_and_size, chain_bytes, sized
+from .records import (
+    AVAIL_FIXED,
+    AVAIL_TAILS,
+    CHAIN_AND_SIZE,
+    EPB_HEAD,
+    EPB_HEAD_USED,
+    USED_FIXED,
+    USED_TAILS,
+    QueueBlocks,
+    chain_and_readable,
+    chain_and_size,
+    chain_bytes,
+    sized,
+)
 from .tap import DEFAULT_SNAPLEN, TrackerTap
 
 _NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
@@ -63,8 +88,11 @@ _STATE = ("_in_flight", "_desc_owner", "_pending", "_reported", "avail_idx", "us
 # table: see _Lazy; None when walk_split_chain read it, E_CHAIN then set);
 # the table entries it holds; its readable and writable lengths; the readable bytes kept and whether
 # they were cut; what its AVAIL and USED records share (records.chain_and_readable); its writable
-# (addr, len) spans (None: read them as TrackerTap does); its Chain, once made.
-E_HEAD, E_AVAIL_IDX, E_ARGS, E_INDICES, E_READABLE, E_WRITABLE, E_DATA, E_CUT, E_SHARED, E_SPANS, E_CHAIN = range(11)
+# (addr, len) spans (None: read them as TrackerTap does); its Chain, once made; what a USED record keeps
+# when the device wrote all of its writable bytes and they fit the snap length (the u32 size, then views
+# of the buffers: one join copies them; None: from the spans), valid for the memory table it was read in.
+(E_HEAD, E_AVAIL_IDX, E_ARGS, E_INDICES, E_READABLE, E_WRITABLE, E_DATA, E_CUT, E_SHARED, E_SPANS, E_CHAIN,
+ E_WRITTEN) = range(12)
 
 #: What :meth:`FastSplitTracker.poll_lean` found: the entries made available, in ring order, and
 #: the used elements, in ring order, each ``[entry or Chain, id, len, used_idx, written, truncated]``
@@ -97,6 +125,17 @@ class _Lazy(tuple):
         out += [_new_desc(Descriptor, (args[k], args[k + 1], args[k + 2], args[k + 3], args[k + 4], 0, True))
                 for k in range(ring, len(args), 6)]
         return out
+
+
+def shared_of(entry: list) -> bytes:
+    """What the AVAIL and USED records of a lean entry share (records.chain_and_readable), made once: the
+    short walk leaves it to the first record (after a call is forwarded), from the values it read."""
+    shared = entry[E_SHARED]
+    if shared is None:
+        kept, n = entry[E_DATA], len(entry[E_INDICES])
+        shared = entry[E_SHARED] = CHAIN_AND_SIZE[n].pack(entry[E_HEAD], entry[E_AVAIL_IDX], 0, n, entry[E_READABLE],
+                                                          entry[E_WRITABLE], *entry[E_ARGS], len(kept)) + kept
+    return shared
 
 
 def chain_of(entry: list, queue: int) -> Chain:
@@ -147,7 +186,7 @@ class FastSplitTracker(SplitTracker):
             chain = chain_of(entry, queue)
             in_flight[head] = chain
             if entry[E_DATA] is not None:
-                kept[id(chain)] = (chain, entry[E_DATA], entry[E_CUT], entry[E_SHARED], entry[E_SPANS])
+                kept[id(chain)] = (chain, entry[E_DATA], entry[E_CUT], shared_of(entry), entry[E_SPANS])
         lean.clear()
 
     @property
@@ -178,6 +217,8 @@ class FastSplitTracker(SplitTracker):
         config, memory, size = self.config, self.memory, self.config.size
         self._gen = memory.generation
         self._views = self.hot = None
+        for entry in self._lean.values():  # views of buffers in the memory table before
+            entry[E_WRITTEN] = None
         extra = 2 if config.event_idx else 0  # used_event after avail->ring[], avail_event after used->ring[]
         areas = ((config.driver, AVAIL_RING + 2 * size + extra), (config.device, USED_RING + 8 * size + extra),
                  (config.desc, SPLIT_DESC_SIZE * size))
@@ -312,6 +353,11 @@ class FastSplitTracker(SplitTracker):
                 break
             # The bytes the device wrote, from the start of the writable part, up to the snap
             # length (TrackerTap: truncated when fewer than used->len are kept).
+            views = entry[E_WRITTEN]
+            if views is not None and length == entry[E_WRITABLE]:  # all of them: one copy
+                done.append([entry, used_id, length, pos, b"".join(views), entry[E_CUT]])
+                pos = (pos + 1) & 0xFFFF
+                continue
             spans = entry[E_SPANS]
             written = None
             cut = False
@@ -360,119 +406,186 @@ class FastSplitTracker(SplitTracker):
     def _walk(self, table: memoryview, heads: list[int], start: int, stop: int, old_avail: int,
               found: list) -> bool:
         """Walk the new entries ``start .. stop - 1`` into the in-flight set (lean entries, in ``found``
-        too); False at an anomaly (candidate): the caller undoes the poll."""
-        config, in_flight, lean, owner, size = self.config, self._in_flight, self._lean, self._desc_owner, self._size
-        snaplen, indirect = self.snaplen, self._indirect
+        too); False at an anomaly (candidate): the caller undoes the poll.
+
+        The common chain (direct descriptors in the ring's table, readable before writable, each
+        buffer in the region last read) takes the short loop below; any other (an indirect table, a
+        flag bit it does not know, a buffer elsewhere, a loop) is walked again by :meth:`_walk_one`.
+        """
+        in_flight, lean, owner, size = self._in_flight, self._lean, self._desc_owner, self._size
+        snaplen = self.snaplen
         unpack = DESC_STRUCT.unpack_from
         hot = self.hot
         lo, hi, data = hot if hot is not None else (0, -1, None)
+        add = found.append
         for k in range(start, stop):
             head = heads[k]
             avail_idx = (old_avail + k) & 0xFFFF
             if head in lean or head in in_flight:  # HEAD_REUSED_IN_FLIGHT
                 return False
-            # The chain: direct descriptors, then at most one indirect table of them (2.7.5.3),
-            # readable before writable, each in one memory region, at most the queue size of them
-            # (2.7.4.2, 2.7.5, 2.7.5.3.1); its ring descriptors become its own (2.7.13.1). Else (a
-            # buffer across regions, a loop or any anomaly) walk_split_chain reads it.
-            plain = head < size
-            args: list[int] = []
-            indices = [head]
-            parts: list = []
-            spans: list[tuple[int, int]] = []
-            readable = writable = 0
-            left = snaplen
-            seen_write = False
-            i = head
-            desc, entries, in_table = table, size, 0
-            count = 1  # buffers so far, this one included
-            while plain:
-                addr, length, flags, nxt = unpack(desc, i << 4)
-                if flags & _INDIRECT:
-                    # One table, last in the chain, negotiated, a non-zero multiple of 16 bytes, in memory.
-                    if (in_table or not indirect or flags & _NEXT or not length or length & 15
-                            or length > _MAX_TABLE):
-                        plain = False
+            entry = None
+            if head < size:
+                args: list[int] = []
+                spans: list[tuple[int, int]] = []
+                views: list = [b""]
+                kept = b""
+                readable = writable = 0
+                i = head
+                n = 1
+                while True:
+                    addr, length, flags, nxt = unpack(table, i << 4)
+                    if flags & ~3 or not lo <= addr <= hi - length:  # (not NEXT | WRITE, or another region)
                         break
-                    if not (lo <= addr and addr + length <= hi):
-                        region = self.region(addr, length)
-                        if region is None:
-                            plain = False
-                            break
-                        lo, hi, data = region
+                    args += (addr, length, flags, i, nxt)
+                    if flags & 2:  # VIRTQ_DESC_F_WRITE
+                        writable += length
+                        spans.append((addr, length))
+                        views.append(data[addr - lo:addr - lo + length])
+                    elif spans:  # readable after writable: the general walk names it
+                        break
+                    else:
+                        if length and len(kept) < snaplen:
+                            take = length if len(kept) + length <= snaplen else snaplen - len(kept)
+                            kept += data[addr - lo:addr - lo + take]
+                        readable += length
+                    if not flags & 1:  # the last descriptor
+                        if n < 9 and readable + writable <= CHAIN_BYTES_LIMIT:
+                            if writable <= snaplen:
+                                views[0] = _U32.pack(writable)
+                            else:
+                                views = None
+                            entry = [head, avail_idx, args, None, readable, writable,
+                                     kept, readable > len(kept), None, spans, None, views]
+                        break
+                    if nxt >= size or n >= size:
+                        break
+                    n += 1
+                    i = nxt
+            if entry is not None:
+                # Its ring descriptors become its own (2.7.13.1), unless a chain in flight holds one.
+                entry[3] = indices = args[3::5]  # (E_SHARED: made when its first record is, shared_of)
+                for i in indices:
                     holder = owner[i]
-                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                    if holder != head and holder >= 0 and (holder in lean or holder in in_flight):
                         return False  # DESC_REUSED_IN_FLIGHT
                     owner[i] = head
-                    args += (addr, length, flags, i, nxt)
-                    desc, entries, i, in_table = data[addr - lo:addr - lo + length], length >> 4, 0, 1
-                    continue
-                if in_table:
-                    args += (addr, length, flags, i, nxt, 1)
-                    in_table += 1
-                else:
-                    holder = owner[i]
-                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
-                        return False  # DESC_REUSED_IN_FLIGHT
-                    owner[i] = head
-                    args += (addr, length, flags, i, nxt)
-                if length and not (lo <= addr and addr + length <= hi):
+            else:
+                entry = self._walk_one(table, head, avail_idx)
+                if entry is None:
+                    return False
+                hot = self.hot
+                lo, hi, data = hot if hot is not None else (0, -1, None)
+            lean[head] = entry
+            add(entry)
+        return True
+
+    def _walk_one(self, table: memoryview, head: int, avail_idx: int) -> list | None:
+        """Walk the chain at ``head`` (any chain): its lean entry, or None at an anomaly (candidate)."""
+        config, in_flight, lean, owner, size = self.config, self._in_flight, self._lean, self._desc_owner, self._size
+        snaplen, indirect = self.snaplen, self._indirect
+        unpack = DESC_STRUCT.unpack_from
+        hot = self.hot
+        lo, hi, data = hot if hot is not None else (0, -1, None)
+        # The chain: direct descriptors, then at most one indirect table of them (2.7.5.3),
+        # readable before writable, each in one memory region, at most the queue size of them
+        # (2.7.4.2, 2.7.5, 2.7.5.3.1); its ring descriptors become its own (2.7.13.1). Else (a
+        # buffer across regions, a loop or any anomaly) walk_split_chain reads it.
+        plain = head < size
+        args: list[int] = []
+        indices = [head]
+        parts: list = []
+        spans: list[tuple[int, int]] = []
+        readable = writable = 0
+        left = snaplen
+        seen_write = False
+        i = head
+        desc, entries, in_table = table, size, 0
+        count = 1  # buffers so far, this one included
+        while plain:
+            addr, length, flags, nxt = unpack(desc, i << 4)
+            if flags & _INDIRECT:
+                # One table, last in the chain, negotiated, a non-zero multiple of 16 bytes, in memory.
+                if (in_table or not indirect or flags & _NEXT or not length or length & 15
+                        or length > _MAX_TABLE):
+                    plain = False
+                    break
+                if not (lo <= addr and addr + length <= hi):
                     region = self.region(addr, length)
                     if region is None:
                         plain = False
                         break
                     lo, hi, data = region
-                if flags & _WRITE:
-                    writable += length
-                    seen_write = True
-                    spans.append((addr, length))
-                elif seen_write:
-                    plain = False
-                    break
-                else:
-                    readable += length
-                    if left > 0 and length:
-                        take = length if length <= left else left
-                        parts.append(data[addr - lo:addr - lo + take])
-                        left -= take
-                if not flags & _NEXT:
-                    break
-                if nxt >= entries or count >= size:  # (a loop runs into the second test)
-                    plain = False
-                    break
-                count += 1
-                if not in_table:
-                    indices.append(nxt)
-                i = nxt
-            if plain and readable + writable <= CHAIN_BYTES_LIMIT:
-                n = len(indices)  # (readable, writable < 2^32: the record's u32 fields need no mask)
-                kept = b"".join(parts)
-                if in_table:
-                    in_table -= 1  # the table's entries
-                    shared = chain_and_size(n, in_table).pack(head, avail_idx, 0, n + in_table, readable, writable,
-                                                              *args, len(kept)) + kept
-                else:
-                    shared = CHAIN_AND_SIZE[n].pack(head, avail_idx, 0, n, readable, writable, *args, len(kept)) + \
-                        kept if n < 9 else chain_and_size(n, 0).pack(head, avail_idx, 0, n, readable, writable, *args,
-                                                                     len(kept)) + kept
-                entry = [head, avail_idx, args, indices, readable, writable, kept, readable > len(kept), shared, spans,
-                         None]
+                holder = owner[i]
+                if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                    return None  # DESC_REUSED_IN_FLIGHT
+                owner[i] = head
+                args += (addr, length, flags, i, nxt)
+                desc, entries, i, in_table = data[addr - lo:addr - lo + length], length >> 4, 0, 1
+                continue
+            if in_table:
+                args += (addr, length, flags, i, nxt, 1)
+                in_table += 1
             else:
-                chain = walk_split_chain(config, self.memory, head, avail_idx=avail_idx, table=table,
-                                         bounds=self.bounds)
-                if chain.anomalies:
-                    return False
-                indices = ring_indices(chain)
-                for index in indices:
-                    holder = owner[index]
-                    if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
-                        return False  # DESC_REUSED_IN_FLIGHT
-                    owner[index] = head
-                entry = [head, avail_idx, None, indices, chain.readable_len, chain.writable_len, None, False, None,
-                         None, chain]
-            lean[head] = entry
-            found.append(entry)
-        return True
+                holder = owner[i]
+                if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                    return None  # DESC_REUSED_IN_FLIGHT
+                owner[i] = head
+                args += (addr, length, flags, i, nxt)
+            if length and not (lo <= addr and addr + length <= hi):
+                region = self.region(addr, length)
+                if region is None:
+                    plain = False
+                    break
+                lo, hi, data = region
+            if flags & _WRITE:
+                writable += length
+                seen_write = True
+                spans.append((addr, length))
+            elif seen_write:
+                plain = False
+                break
+            else:
+                readable += length
+                if left > 0 and length:
+                    take = length if length <= left else left
+                    parts.append(data[addr - lo:addr - lo + take])
+                    left -= take
+            if not flags & _NEXT:
+                break
+            if nxt >= entries or count >= size:  # (a loop runs into the second test)
+                plain = False
+                break
+            count += 1
+            if not in_table:
+                indices.append(nxt)
+            i = nxt
+        if plain and readable + writable <= CHAIN_BYTES_LIMIT:
+            n = len(indices)  # (readable, writable < 2^32: the record's u32 fields need no mask)
+            kept = b"".join(parts)
+            if in_table:
+                in_table -= 1  # the table's entries
+                shared = chain_and_size(n, in_table).pack(head, avail_idx, 0, n + in_table, readable, writable,
+                                                          *args, len(kept)) + kept
+            else:
+                shared = CHAIN_AND_SIZE[n].pack(head, avail_idx, 0, n, readable, writable, *args, len(kept)) + \
+                    kept if n < 9 else chain_and_size(n, 0).pack(head, avail_idx, 0, n, readable, writable, *args,
+                                                                 len(kept)) + kept
+            entry = [head, avail_idx, args, indices, readable, writable, kept, readable > len(kept), shared, spans,
+                     None, None]
+        else:
+            chain = walk_split_chain(config, self.memory, head, avail_idx=avail_idx, table=table,
+                                     bounds=self.bounds)
+            if chain.anomalies:
+                return None
+            indices = ring_indices(chain)
+            for index in indices:
+                holder = owner[index]
+                if holder >= 0 and holder != head and (holder in lean or holder in in_flight):
+                    return None  # DESC_REUSED_IN_FLIGHT
+                owner[index] = head
+            entry = [head, avail_idx, None, indices, chain.readable_len, chain.writable_len, None, False, None,
+                     None, chain, None]
+        return entry
 
 
 class RingBatch:
@@ -504,12 +617,25 @@ class RingBatch:
         if self.notify is not None:
             kind, data, channel = self.notify
             q.notify(out, iface, hi, lo, kind, channel, data)
-        avail_block, used_block = q.avail, q.used
-        for entry in self.avail:
-            avail_block(out, iface, hi, lo, entry[E_SHARED], len(entry[E_DATA]), entry[E_CUT])
-        for item, used_id, length, used_idx, written, cut in self.used:
-            shared = item[E_SHARED] if item.__class__ is list else item
-            used_block(out, iface, hi, lo, used_id, length, used_idx, shared, written, cut)
+        add = out.extend
+        if self.avail:  # QueueBlocks.avail, inline
+            head, head_cut, pack, tails = q.avail_head, q.avail_head_cut, EPB_HEAD.pack, AVAIL_TAILS
+            for entry in self.avail:
+                shared = entry[E_SHARED] or shared_of(entry)
+                size = AVAIL_FIXED + len(shared)
+                pad = -size & 3
+                total = 32 + size + pad
+                add((pack(6, total, iface, hi, lo, size, size, head_cut if entry[E_CUT] else head), shared,
+                     tails[pad].pack(total)))
+        if self.used:  # QueueBlocks.used, inline
+            head, head_cut, pack, tails = q.used_head, q.used_head_cut, EPB_HEAD_USED.pack, USED_TAILS
+            for item, used_id, length, used_idx, written, cut in self.used:
+                shared = (item[E_SHARED] or shared_of(item)) if item.__class__ is list else item
+                size = USED_FIXED + len(shared) + len(written)
+                pad = -size & 3
+                total = 32 + size + pad
+                add((pack(6, total, iface, hi, lo, size, size, head_cut if cut else head, used_id & 0xFFFFFFFF,
+                          length & 0xFFFFFFFF, used_idx & 0xFFFF), shared, written, tails[pad].pack(total)))
 
     def events(self) -> list[Event]:
         """The events themselves."""
@@ -615,7 +741,11 @@ class BlockSink:
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
-        self._emit = getattr(writer, "_emit", None)  # TraceWriter's one write of whole blocks
+        # TraceWriter's one write of whole blocks (write_blocks; _emit, its older name, before it)
+        self._emit = getattr(writer, "write_blocks", None)
+        if self._emit is None:
+            emit = getattr(writer, "_emit", None)
+            self._emit = None if emit is None else (lambda parts: emit(b"".join(parts)))
 
     def __call__(self, records: list) -> int:
         """Write ``records`` (Events and RingBatches, in order); how many events that was."""
@@ -645,7 +775,7 @@ class BlockSink:
                 parts.append(block(item))
                 count += 1
         if parts:
-            self._emit(b"".join(parts))
+            self._emit(parts)  # the pieces of whole blocks, in order: one write
         writer.count += count
         return count
 

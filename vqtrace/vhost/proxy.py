@@ -75,11 +75,12 @@ class RingTap(Protocol):
 #: ``tap_factory(config, memory, base, source) -> RingTap``: a reader for one started queue.
 TapFactory = Callable[[QueueConfig, GuestMemory, int, str], RingTap]
 
-#: New chains a kick walks at once; the rest are walked when nothing else waits (Work), this many at a time,
-#: so that a call, whose driver waits for it, never waits behind a long walk (a call walks the chains its
-#: used elements need itself).
-KICK_WALK = 2
-WORK_WALK = 4
+#: New chains a kick walks at once (after it is forwarded); the rest are walked when nothing else waits
+#: (Work), this many at a time, so that a call, whose driver waits for it, never waits behind a long walk
+#: (a call walks the chains its used elements need itself). A queue depth's worth: the call that follows
+#: a kick needs those chains walked, and a walk while the device works costs the call nothing.
+KICK_WALK = 32
+WORK_WALK = 32
 
 FOLLOW_UP_FIRST = 0.002  # seconds to the first follow-up look at rings with chains in flight
 FOLLOW_UP_LAST = 0.2  # ... and the longest wait between two looks

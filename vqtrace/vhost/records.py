@@ -21,8 +21,8 @@ from ..trace.roles import queue_role
 _M64 = (1 << 64) - 1
 EPB_TYPE = 6  # pcapng Enhanced Packet Block
 _EPB = "IIIIIII"  # type, total length, interface, timestamp high, low, captured length, original length
-_EPB_HDR = struct.Struct("<" + _EPB + "40s")  # ... then the 40-byte record header
-_EPB_HDR_USED = struct.Struct("<" + _EPB + "40s" + layout.USED_STRUCT.format.lstrip("<"))
+_EPB_HDR = EPB_HEAD = struct.Struct("<" + _EPB + "40s")  # ... then the 40-byte record header
+_EPB_HDR_USED = EPB_HEAD_USED = struct.Struct("<" + _EPB + "40s" + layout.USED_STRUCT.format.lstrip("<"))
 _U32 = struct.Struct("<I")
 _CHAIN_FMT = layout.CHAIN_STRUCT.format.lstrip("<")
 # A chain's descriptors as the record stores them (DESC_STRUCT: addr, len, flags, index, next, id,
@@ -31,10 +31,14 @@ _SPLIT_DESC_FMT = "QIHHH6x"
 _EMPTY = b""
 # What ends a block: the record's last sizes (AVAIL: written and tail, 0; USED: tail, 0), the
 # padding to 4 bytes, the block's total length again.
-_AVAIL_TAIL = [struct.Struct(f"<8x{pad}xI") for pad in range(4)]
-_USED_TAIL = [struct.Struct(f"<4x{pad}xI") for pad in range(4)]
+_AVAIL_TAIL = AVAIL_TAILS = [struct.Struct(f"<8x{pad}xI") for pad in range(4)]
+_USED_TAIL = USED_TAILS = [struct.Struct(f"<4x{pad}xI") for pad in range(4)]
 AVAIL, USED, KICK, CALL = int(EventKind.AVAIL), int(EventKind.USED), int(EventKind.KICK), int(EventKind.CALL)
 _HEAD_SIZE = layout.HEADER_SIZE
+# A record's length beyond its chain part (and readable bytes), its written bytes: AVAIL (header, the
+# written and tail sizes), USED (header, used element, tail size).
+AVAIL_FIXED = _HEAD_SIZE + 8
+USED_FIXED = _HEAD_SIZE + 12 + 4
 assert struct.calcsize("<" + _SPLIT_DESC_FMT) == layout.DESC_SIZE
 
 
@@ -95,6 +99,24 @@ class QueueBlocks:
 
     __slots__ = ("_avail", "_avail_cut", "_notify", "_used", "_used_cut", "device_type", "features", "packed",
                  "queue", "snaplen", "source")
+
+    @property
+    def avail_head(self) -> bytes:
+        """The record header of this queue's AVAIL records (``avail_head_cut``: TRUNCATED ones)."""
+        return self._avail
+
+    @property
+    def avail_head_cut(self) -> bytes:
+        return self._avail_cut
+
+    @property
+    def used_head(self) -> bytes:
+        """The record header of this queue's USED records (``used_head_cut``: TRUNCATED ones)."""
+        return self._used
+
+    @property
+    def used_head_cut(self) -> bytes:
+        return self._used_cut
 
     def __init__(self, source: str, queue: int, device_type: int, features: int, packed: bool,
                  snaplen: int = 0) -> None:
