@@ -19,7 +19,8 @@ import zstandard
 from conftest import run_vqtrace
 from vqtrace.dissectors.virtqueue import packed_desc, split_desc, used_elem
 from vqtrace.dump.progress import Progress
-from vqtrace.dump.scan import DESC_DTYPE, PACKED_DTYPE, USED_DTYPE, first_pass, scan
+from vqtrace.dump.scan import scan
+from vqtrace.dump.scan_np import DESC_DTYPE, PACKED_DTYPE, USED_DTYPE, first_pass
 from vqtrace.dump.snapshot import open_snapshot
 from vqtrace.dump.synth import VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, SyntheticGuest
 from vqtrace.model import Layout
