@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,20 @@ def run_vqtrace(*args: str, input: bytes | None = None, timeout: float = 60, env
     """Run the installed CLI as a user would, in a child process."""
     return subprocess.run([sys.executable, "-m", "vqtrace", *args], input=input, capture_output=True,
                           timeout=timeout, env=env, cwd=cwd)
+
+
+def kill_when_ready(script: str, *args: str, settle: float = 0.2) -> None:
+    """Run ``script`` (Python, with ``{root}`` for the checkout) in a child until it prints "ready", let it
+    go on for ``settle`` seconds, then SIGKILL it: what a recorder killed mid-work leaves behind."""
+    child = subprocess.Popen([sys.executable, "-c", script.format(root=str(ROOT)), *args], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(settle)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
 
 
 @pytest.fixture

@@ -270,16 +270,23 @@ def test_struct_formats_are_little_endian():
 # -- indirect tables gathered in one numpy take, or joined one by one ----------------------------------
 
 
-def _split_indirect_memory(offset: int, two_regions: bool) -> tuple[GuestMemory, int]:
-    """32 ring descriptors, each INDIRECT to a 4-entry table at ``INDIRECT_AT + offset + 80 * k`` (all 16-byte
-    aligned, gathered in one numpy take, when ``offset`` is; else read one by one), tables linked
-    0 -> 1 -> 2 -> 3, some with a fault; guest memory in one region or in two adjacent ones."""
+def _table_memory(two_regions: bool) -> GuestMemory:
+    """Empty guest memory of MEM_SIZE at MEM_BASE: one region, or two adjacent ones (one range, two regions:
+    the indirect tables are then read one by one)."""
     memory = GuestMemory()
-    if two_regions:  # one range, two regions: the tables are read one by one
+    if two_regions:
         memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE // 2))
         memory.add_buffer(MEM_BASE + MEM_SIZE // 2, bytearray(MEM_SIZE // 2))
     else:
         memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE))
+    return memory
+
+
+def _split_indirect_memory(offset: int, two_regions: bool) -> tuple[GuestMemory, int]:
+    """32 ring descriptors, each INDIRECT to a 4-entry table at ``INDIRECT_AT + offset + 80 * k`` (all 16-byte
+    aligned, gathered in one numpy take, when ``offset`` is; else read one by one), tables linked
+    0 -> 1 -> 2 -> 3, some with a fault; guest memory in one region or in two adjacent ones."""
+    memory = _table_memory(two_regions)
     desc = MEM_BASE + 0x8000
     for k in range(32):
         at = INDIRECT_AT + offset + 80 * k
@@ -315,12 +322,7 @@ def test_indirect_table_gathers_equal_the_careful_walk(offset, two_regions, head
 @settings(max_examples=20, deadline=None)
 @given(st.sampled_from([0, 8]), st.booleans())
 def test_packed_indirect_table_gathers_equal_the_careful_walk(offset, two_regions):
-    memory = GuestMemory()
-    if two_regions:
-        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE // 2))
-        memory.add_buffer(MEM_BASE + MEM_SIZE // 2, bytearray(MEM_SIZE // 2))
-    else:
-        memory.add_buffer(MEM_BASE, bytearray(MEM_SIZE))
+    memory = _table_memory(two_regions)
     desc = MEM_BASE + 0x8000
     for k in range(32):
         at = INDIRECT_AT + offset + 80 * k

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import struct
 import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import ROOT, require_tool
+from conftest import kill_when_ready, require_tool
 from vqtrace.errors import TraceFileError
 from vqtrace.events import Direction, Event, EventKind
 from vqtrace.trace import pcapng
@@ -232,15 +229,7 @@ CHILD = textwrap.dedent("""
 
 def test_a_recorder_killed_with_sigkill_leaves_a_readable_trace(tmp_path):
     path = tmp_path / "killed.pcapng"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT)), str(path)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    kill_when_ready(CHILD, str(path))
     with TraceReader(path) as reader:
         count = len(reader)
         assert count >= 2000

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import struct
-import subprocess
-import sys
-import time
-from pathlib import Path
 
+from conftest import kill_when_ready
 from vqtrace.events import Direction, Event, EventKind
 from vqtrace.trace import writer as W
 from vqtrace.trace.reader import TraceReader
 from vqtrace.trace.samples import iter_bulk, sample_events
 from vqtrace.trace.writer import TraceWriter
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def counting_writes(monkeypatch) -> list[int]:
@@ -117,15 +111,7 @@ while True:
 
 def test_a_recorder_killed_between_or_during_wakeups_leaves_whole_blocks(tmp_path):
     path = tmp_path / "killed.pcapng"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT)), str(path)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    kill_when_ready(CHILD, str(path))
     with TraceReader(path) as reader:
         assert len(reader) >= 300 * 9
         times = [frame.time_ns for frame in reader]

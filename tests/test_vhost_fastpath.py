@@ -246,6 +246,10 @@ def test_lean_polls_do_the_common_case_and_decline_anomalies():
     assert [a.code for a in fast.poll().anomalies] == ["HEAD_REUSED_IN_FLIGHT"]
 
 
+def events_of(answer) -> list[Event]:
+    return answer.events() if isinstance(answer, RingBatch) else answer
+
+
 @CASES
 @given(SHAPES, OPS, st.sampled_from([65536, 16, 1, 600]))
 def test_fast_tap_events_equal_tracker_tap_events(shape, ops, snaplen):
@@ -259,13 +263,8 @@ def test_fast_tap_events_equal_tracker_tap_events(shape, ops, snaplen):
             world.step(op)
             continue
         expected = ref.poll(n)
-        got = fast.poll_batch(n)
-        events = got.events() if isinstance(got, RingBatch) else got
+        events = events_of(fast.poll_batch(n))
         assert [event_key(e) for e in events] == [event_key(e) for e in expected]
-
-
-def events_of(answer) -> list[Event]:
-    return answer.events() if isinstance(answer, RingBatch) else answer
 
 
 @CASES

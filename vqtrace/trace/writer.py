@@ -250,10 +250,7 @@ class TraceWriter:
 
     def write(self, event: Event) -> None:
         """Write one event: one block, handed to the kernel in one system call."""
-        iface = self._interfaces.get(event.source)  # self.block(event), inline
-        if iface is None:
-            iface = self.interface(event.source, _auto_description(event, self._descriptions))
-        block = _block(event, iface, self.snaplen)
+        block = self.block(event)
         fd = self._fd
         if fd is not None:
             try:
@@ -305,10 +302,7 @@ class TraceWriter:
             self._emit(blocks[0] if len(blocks) == 1 else b"".join(blocks))
 
     def _emit(self, data: bytes) -> None:
-        """Hand ``data`` to the kernel: one ``write`` (more only when the kernel takes part of it).
-
-        (The live proxy's BlockSink calls this name; :meth:`write_blocks` is the public way.)
-        """
+        """Hand ``data`` to the kernel: one ``write`` (more only when the kernel takes part of it)."""
         if self._fd is None and self._file is None:
             raise TraceFileError("the trace is closed", path=self.path)
         try:

@@ -46,7 +46,7 @@ blocks equal to TraceWriter's, byte for byte.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dissectors.virtqueue import SPLIT_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from ..events import Direction, Event, EventKind
@@ -71,6 +71,9 @@ from .records import (
     sized,
 )
 from .tap import DEFAULT_SNAPLEN, TrackerTap
+
+if TYPE_CHECKING:
+    from ..trace.writer import TraceWriter
 
 _NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
 _IDX = struct.Struct("<HH")  # 2.7.6 / 2.7.8: flags, idx
@@ -739,19 +742,12 @@ class BlockSink:
     snap length is 0 or at least the tap's), else its events go through ``block`` too.
     """
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: TraceWriter) -> None:
         self.writer = writer
-        # TraceWriter's one write of whole blocks (write_blocks; _emit, its older name, before it)
-        self._emit = getattr(writer, "write_blocks", None)
-        if self._emit is None:
-            emit = getattr(writer, "_emit", None)
-            self._emit = None if emit is None else (lambda parts: emit(b"".join(parts)))
 
     def __call__(self, records: list) -> int:
         """Write ``records`` (Events and RingBatches, in order); how many events that was."""
         writer = self.writer
-        if self._emit is None:
-            return writer.write_many(expand(records))
         parts: list[bytes] = []
         block = writer.block
         count = 0
@@ -774,8 +770,7 @@ class BlockSink:
             else:
                 parts.append(block(item))
                 count += 1
-        if parts:
-            self._emit(parts)  # the pieces of whole blocks, in order: one write
+        writer.write_blocks(parts)  # the pieces of whole blocks, in order: one write
         writer.count += count
         return count
 

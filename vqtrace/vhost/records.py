@@ -97,26 +97,8 @@ class QueueBlocks:
     cut the bytes at (a writer with a smaller one would cut them further).
     """
 
-    __slots__ = ("_avail", "_avail_cut", "_notify", "_used", "_used_cut", "device_type", "features", "packed",
-                 "queue", "snaplen", "source")
-
-    @property
-    def avail_head(self) -> bytes:
-        """The record header of this queue's AVAIL records (``avail_head_cut``: TRUNCATED ones)."""
-        return self._avail
-
-    @property
-    def avail_head_cut(self) -> bytes:
-        return self._avail_cut
-
-    @property
-    def used_head(self) -> bytes:
-        """The record header of this queue's USED records (``used_head_cut``: TRUNCATED ones)."""
-        return self._used
-
-    @property
-    def used_head_cut(self) -> bytes:
-        return self._used_cut
+    __slots__ = ("_notify", "avail_head", "avail_head_cut", "device_type", "features", "packed", "queue",
+                 "snaplen", "source", "used_head", "used_head_cut")
 
     def __init__(self, source: str, queue: int, device_type: int, features: int, packed: bool,
                  snaplen: int = 0) -> None:
@@ -132,10 +114,11 @@ class QueueBlocks:
 
         ring = layout.FLAG_QUEUE | (layout.FLAG_PACKED if packed else 0)
         cut = ring | layout.FLAG_TRUNCATED
-        self._avail = header(AVAIL, Direction.TO_DEVICE, ring)
-        self._avail_cut = header(AVAIL, Direction.TO_DEVICE, cut)
-        self._used = header(USED, Direction.TO_DRIVER, ring)
-        self._used_cut = header(USED, Direction.TO_DRIVER, cut)
+        # the record headers of this queue's AVAIL and USED records (_cut: TRUNCATED ones)
+        self.avail_head = header(AVAIL, Direction.TO_DEVICE, ring)
+        self.avail_head_cut = header(AVAIL, Direction.TO_DEVICE, cut)
+        self.used_head = header(USED, Direction.TO_DRIVER, ring)
+        self.used_head_cut = header(USED, Direction.TO_DRIVER, cut)
         self._notify = {(kind, channel): header(kind, direction, layout.FLAG_QUEUE, channel)
                         for kind, direction in ((KICK, Direction.TO_DEVICE), (CALL, Direction.TO_DRIVER))
                         for channel in (0, 1)}
@@ -148,7 +131,7 @@ class QueueBlocks:
         size = _HEAD_SIZE + len(chain_and_readable) + 8
         pad = -size & 3
         total = 32 + size + pad
-        head = self._avail_cut if cut else self._avail
+        head = self.avail_head_cut if cut else self.avail_head
         out += (_EPB_HDR.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size, head), chain_and_readable,
                 _AVAIL_TAIL[pad].pack(total))
 
@@ -160,7 +143,7 @@ class QueueBlocks:
         pad = -size & 3
         total = 32 + size + pad
         out += (_EPB_HDR_USED.pack(EPB_TYPE, total, iface, ts_hi, ts_lo, size, size,
-                                   self._used_cut if cut else self._used, used_id & 0xFFFFFFFF,
+                                   self.used_head_cut if cut else self.used_head, used_id & 0xFFFFFFFF,
                                    used_len & 0xFFFFFFFF, used_idx & 0xFFFF),
                 chain_and_readable, sized_written, _USED_TAIL[pad].pack(total))
 
