@@ -140,32 +140,16 @@ _new_table_rows = partial(tuple.__new__, _TableRows)
 _new_indirect_rows = partial(tuple.__new__, _IndirectRows)
 
 
-def _in_bounds(addr: np.ndarray, length: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Per descriptor: the buffer is empty or inside [lo, hi).
-
-    ``addr <= hi`` first: then ``addr + length`` cannot overflow 64 bits (hi is a real
-    memory end, far below 2^64 - 2^32).
-    """
-    return (length == 0) | ((addr >= lo) & (addr <= hi) & (addr + length <= hi))
-
-
 def _flat(memory: GuestMemory, lo: int) -> memoryview | None:
     """The bytes of guest memory from ``lo`` when one region holds all of it (slices are then views)."""
     regions = memory.regions
     return regions[0].data if len(regions) == 1 and regions[0].guest_addr == lo else None
 
 
-def _sums(write: np.ndarray, length: np.ndarray, starts: list[int]) -> tuple[list[int], list[int]]:
-    """Per segment from each of ``starts``: the readable and the writable bytes."""
-    length = length.astype(np.uint64)
-    return (np.add.reduceat(np.where(write, 0, length), starts).tolist(),
-            np.add.reduceat(np.where(write, length, 0), starts).tolist())
-
-
 def _tables(memory: GuestMemory, dtype: np.dtype, addr: np.ndarray, length: np.ndarray, lo: int
-            ) -> tuple[np.ndarray, list[int], np.ndarray]:
+            ) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
     """The indirect tables at ``addr`` (``length`` bytes each, a multiple of 16, in memory), one array; each
-    one's first entry; each entry's index in its own table.
+    one's first entry, and its end; each entry's index in its own table.
 
     Gathered with one numpy ``take`` from guest memory seen as 16-byte records when the tables
     are 16-byte aligned in one region (as drivers allocate them), else joined table by table.
@@ -184,7 +168,7 @@ def _tables(memory: GuestMemory, dtype: np.dtype, addr: np.ndarray, length: np.n
         views = [flat[a - lo:a - lo + n] if flat is not None else memory.view(a, n)
                  for a, n in zip(addr.tolist(), length.tolist(), strict=True)]
         entries = np.frombuffer(b"".join(views), dtype=dtype)
-    return entries, starts.tolist(), local
+    return entries, starts.tolist(), ends, local
 
 
 def _indirect_candidates(picked: np.ndarray, size: int, lo: int, hi: int, packed: bool) -> np.ndarray:
@@ -203,59 +187,103 @@ def _indirect_candidates(picked: np.ndarray, size: int, lo: int, hi: int, packed
     return ok.nonzero()[0]
 
 
-def _indirect_batch(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, candidates: list[tuple[int, int]],
-                    lo: int, hi: int) -> dict[int, tuple[_IndirectRows, int, int]]:
-    """Chains ``(position, head)`` that are one INDIRECT descriptor with a table linked 0 -> 1 -> ... -> last
-    (as Linux writes them, 2.7.5.3), checked together: {position: (source, readable, writable)}.
-
-    Anything else (a table the chain leaves early, links out of order, a bad entry) is left
-    to the one-by-one walkers.
-    """
-    size = config.size
-    picked = rows.take(np.array([head for _, head in candidates], dtype=np.intp))
-    chosen = _indirect_candidates(picked, size, lo, hi, False)
-    if not len(chosen):
-        return {}
-    picked = picked.take(chosen)
-    entries, firsts, local = _tables(memory, SPLIT_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
-    total = len(entries)
-    ends = np.asarray([*firsts[1:], total])
-    last = np.zeros(total, dtype=bool)
-    last[ends - 1] = True
-    e_flags, e_len = entries["flags"], entries["len"]
-    e_next = (e_flags & VIRTQ_DESC_F_NEXT) != 0
-    write = (e_flags & VIRTQ_DESC_F_WRITE) != 0
-    bad = ((e_flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(entries["addr"], e_len, lo, hi)
-    bad |= e_next == last  # NEXT on all but the last entry ...
-    bad |= e_next & (entries["next"] != local + 1)  # ... each linking to the following one
-    bad[1:] |= write[:-1] & ~write[1:] & ~last[:-1]  # 2.7.4.2: a writable entry, then a readable one
-    readable, writable = _sums(write, e_len, firsts)
-    flagged = np.logical_or.reduceat(bad, firsts).tolist()
-    table_rows = _Rows(entries, None, local, False, True)
-    head_rows = list(zip(picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist(),
-                         picked["next"].tolist(), strict=True))
-    ends_list = ends.tolist()
-    out = {}
-    for m, n in enumerate(chosen.tolist()):
-        if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
-            continue
-        k, head = candidates[n]
-        out[k] = (_new_indirect_rows((head, head_rows[m], table_rows, firsts[m], ends_list[m], False)), readable[m],
-                  writable[m])
-    return out
-
-
 _STOP = 1 << 16  # in a step list: the chain ends here (no NEXT)
 _CAREFUL = 1 << 17  # in a step list: a chain through this entry is walked carefully
 _M64 = (1 << 64) - 1
 _M32 = np.uint64(0xFFFFFFFF)
-_U32, _U16 = np.uint64(32), np.uint64(16)
+_U32, _U16, _U48 = np.uint64(32), np.uint64(16), np.uint64(48)
 _NEXT, _WRITE = np.uint64(VIRTQ_DESC_F_NEXT), np.uint64(VIRTQ_DESC_F_WRITE)
 _CHAINED = np.uint64(VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE)
 _ONE = np.uint64(1)
+_NOT_WRITE = np.uint64(0xFFFFFFFF & ~VIRTQ_DESC_F_WRITE)
 #: Bits of (len | flags << 32 | next << 48) that rule an entry out: INDIRECT, and a len of SMALL_LEN or more.
 _RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 32 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
+#: Bits of (len | id << 32 | flags << 48) that rule a slot out: INDIRECT, and a len of SMALL_LEN or more.
+_PACKED_RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 48 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
 _ENTRIES: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> ([1, 2, ..., size] u64, [0, 1, ...] intp)
+
+
+def _table_verdicts(entries: np.ndarray, firsts: list[int], ends: np.ndarray, local: np.ndarray, lo: int, hi: int,
+                    packed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per indirect table of :func:`_tables` (entries ``firsts[k] .. ends[k] - 1``): whether a batch walk may
+    take it, and its readable and writable bytes.
+
+    It may when every entry is in memory, not INDIRECT (2.7.5.3.1, 2.8.7: no table in a table),
+    shorter than ``SMALL_LEN``, no readable entry follows a writable one (2.7.4.2), the whole is
+    within 2^32 bytes (2.7.5.2), and, split, entries are linked 0 -> 1 -> ... -> last, as Linux
+    writes them (2.7.5.3; packed tables have no links, 2.8.7). Otherwise the careful walkers say
+    what is wrong. One first look over all the entries; which tables, only when something is wrong.
+    """
+    words = entries.view(np.uint64)
+    addr, meta = words[0::2], words[1::2]
+    length = meta & _M32
+    lasts = ends - 1
+    if packed:  # len | id << 32 | flags << 48
+        flags = meta >> _U48
+        ruled_out = meta & _PACKED_RULED_OUT
+        unlinked = None
+    else:  # len | flags << 32 | next << 48
+        flags = meta >> _U32  # flags | next << 16
+        ruled_out = meta & _RULED_OUT
+        link = flags & _NOT_WRITE  # each entry but the last: NEXT, linking to the following one ...
+        link[lasts] &= _NEXT  # ... and the last: no NEXT
+        expect = (local.astype(np.uint64) + _ONE) << _U16 | _NEXT
+        expect[lasts] = 0
+        unlinked = link != expect
+    write = (flags >> _ONE) & _ONE
+    order = write[:-1] > write[1:]  # a readable entry after a writable one ...
+    order[lasts[:-1]] = False  # ... of the same table
+    end = addr + length
+    np.maximum(end, addr, out=end)  # addr + len wrapped past 2^64: addr is the larger
+    writable = np.add.reduceat(length * write, firsts)
+    readable = np.add.reduceat(length, firsts) - writable
+    if (unlinked is not None and unlinked[unlinked.argmax()]) or ruled_out[ruled_out.argmax()] \
+            or (len(order) and order[order.argmax()]) or end[end.argmax()] > hi or (lo and addr[addr.argmin()] < lo):
+        bad = (ruled_out != 0) | (((end > hi) | (addr < lo)) & (length != 0))
+        if unlinked is not None:
+            bad |= unlinked
+        bad[1:] |= order
+        good = ~np.logical_or.reduceat(bad, firsts)
+    else:
+        good = np.ones(len(firsts), dtype=bool)
+    good &= readable + writable <= np.uint64(CHAIN_BYTES_LIMIT)
+    return good, readable, writable
+
+
+def _indirect_heads(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, heads: Sequence[int], lo: int,
+                    hi: int) -> tuple[list[int], list[int], list[_IndirectRows], list[int], list[int]] | None:
+    """Of ``heads``, those that are one INDIRECT descriptor with a table linked 0 -> 1 -> ... -> last (as Linux
+    writes them, 2.7.5.3), checked together: (positions in ``heads``, heads, sources, readable, writable), or
+    None when there is none.
+
+    Anything else (a table the chain leaves early, links out of order, a bad entry) is left
+    to the other walkers.
+    """
+    size = config.size
+    at = np.frombuffer(array("q", heads), dtype=np.int64)
+    inside = (at < size).nonzero()[0]
+    picked = rows.take(at if len(inside) == len(at) else at.take(inside))
+    chosen = _indirect_candidates(picked, size, lo, hi, False)
+    if not len(chosen):
+        return None
+    picked = picked.take(chosen)
+    entries, firsts, ends, local = _tables(memory, SPLIT_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
+    good, readable, writable = _table_verdicts(entries, firsts, ends, local, lo, hi, False)
+    keep = good.nonzero()[0]
+    if not len(keep):
+        return None
+    if len(keep) < len(good):
+        picked, firsts_a, ends = picked.take(keep), np.asarray(firsts).take(keep), ends.take(keep)
+        chosen, readable, writable = chosen.take(keep), readable.take(keep), writable.take(keep)
+        firsts = firsts_a.tolist()
+    positions = (chosen if len(inside) == len(at) else inside.take(chosen)).tolist()
+    table_rows = _Rows(entries, None, local, False, True)
+    head_list = [heads[k] for k in positions]
+    sources = list(map(_new_indirect_rows, zip(
+        head_list, zip(picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist(),
+                       picked["next"].tolist(), strict=True),
+        repeat(table_rows), firsts, ends.tolist(), repeat(False))))
+    return positions, head_list, sources, readable.tolist(), writable.tolist()
 
 
 def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
@@ -426,26 +454,30 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
         add_chain(None)
         add_part(None)
     entries = walked
-    if slow:
-        rows = source.rows
-        indirect = _indirect_batch(config, memory, rows, [s for s in slow if s[1] < size], lo, hi) \
-            if config.indirect else {}
-        if indirect:
-            entries = walked.copy()  # the tracker's list: the batch's indirect chains take one entry each
-        for k, head in slow:
-            found = indirect.get(k)
-            avail_idx = (first_idx + k) & 0xFFFF
-            if found is not None:
-                chains[k] = lazy(queue, head, avail_idx, *found)
-                parts[k] = (len(entries), len(entries) + 1, head)
-                entries.append(head)
-            else:  # one by one, the scalar fast path first
-                chains[k] = walk_split_chain(config, memory, head, avail_idx=avail_idx, table=table, bounds=bounds)
+    # Chains that are one INDIRECT descriptor each (as Linux adds a chain of two buffers or more when
+    # VIRTIO_F_INDIRECT_DESC is negotiated): their tables are checked together.
+    tables = _indirect_heads(config, memory, source.rows, [head for _, head in slow], lo, hi) \
+        if slow and config.indirect else None
+    if tables is not None:
+        picked, table_heads, sources, readable, writable = tables
+        entries = walked.copy()  # the tracker's list: the batch's indirect chains take one entry each
+        base = len(entries)
+        entries.extend(table_heads)
+        for m, (n, head, found, r, w) in enumerate(zip(picked, table_heads, sources, readable, writable, strict=True)):
+            k = slow[n][0]
+            chains[k] = lazy(queue, head, (first_idx + k) & 0xFFFF, found, r, w)
+            parts[k] = (base + m, base + m + 1, head)
+        if len(picked) < len(slow):
+            taken = set(picked)
+            slow = [s for n, s in enumerate(slow) if n not in taken]
+        else:
+            slow = []
+    for k, head in slow:  # one by one, the scalar fast path first
+        chains[k] = walk_split_chain(config, memory, head, avail_idx=(first_idx + k) & 0xFFFF, table=table,
+                                     bounds=bounds)
     return chains, entries, parts  # type: ignore[return-value]
 
 
-#: Bits of (len | id << 32 | flags << 48) that rule a slot out: INDIRECT, and a len of SMALL_LEN or more.
-_PACKED_RULED_OUT = np.uint64(VIRTQ_DESC_F_INDIRECT << 48 | (0xFFFFFFFF & ~(SMALL_LEN - 1)))
 _AU = np.uint64(_AVAIL_USED)
 _FIRST = np.zeros(1, dtype=np.intp)
 
@@ -523,6 +555,7 @@ def packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool
     table = np.frombuffer(raw, dtype=PACKED_DTYPE, count=size)
     count = len(ends)
     tables: dict[int, tuple[_IndirectRows, int, int] | None] = {}
+    slot_flags: list[int] | None = None
     q = 0
     for k in range(count):
         e = ends[k]
@@ -530,8 +563,9 @@ def packed_batch(config: QueueConfig, memory: GuestMemory, slot: int, wrap: bool
             count = k
             break
         if bad is not None and bad[k]:
-            at = (slot + q) % size
-            if e == q and table["flags"][at] & VIRTQ_DESC_F_INDIRECT and config.indirect:
+            if slot_flags is None:
+                slot_flags = table["flags"].tolist()
+            if e == q and slot_flags[(slot + q) % size] & VIRTQ_DESC_F_INDIRECT and config.indirect:
                 tables[k] = None  # one INDIRECT descriptor: its table is checked below
             else:
                 count = k
@@ -579,23 +613,13 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray
     if not len(chosen):
         return out
     picked = picked.take(chosen)
-    entries, firsts, local = _tables(memory, PACKED_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
-    total = len(entries)
-    last = np.zeros(total, dtype=bool)
-    last[np.asarray([*firsts[1:], total]) - 1] = True
-    e_flags, e_len = entries["flags"], entries["len"]
-    write = (e_flags & VIRTQ_DESC_F_WRITE) != 0
-    bad = ((e_flags & VIRTQ_DESC_F_INDIRECT) != 0) | ~_in_bounds(entries["addr"], e_len, lo, hi)
-    bad[1:] |= write[:-1] & ~write[1:] & ~last[:-1]  # readable after writable
-    readable, writable = _sums(write, e_len, firsts)
-    flagged = np.logical_or.reduceat(bad, firsts).tolist()
+    entries, firsts, ends, local = _tables(memory, PACKED_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
+    good, readable, writable = _table_verdicts(entries, firsts, ends, local, lo, hi, True)
     table_rows = _Rows(entries, None, local, True, True)
-    ends = [*firsts[1:], total]
-    head_rows = list(zip(picked["addr"].tolist(), picked["len"].tolist(), picked["id"].tolist(),
-                         picked["flags"].tolist(), strict=True))
-    for m, n in enumerate(chosen.tolist()):
-        if flagged[m] or readable[m] + writable[m] > CHAIN_BYTES_LIMIT:
-            continue
-        out[n] = (_new_indirect_rows((slots[n], head_rows[m], table_rows, firsts[m], ends[m], True)), readable[m],
-                  writable[m])
+    head_rows = zip(picked["addr"].tolist(), picked["len"].tolist(), picked["id"].tolist(), picked["flags"].tolist(),
+                    strict=True)
+    for n, row, ok, first, end, r, w in zip(chosen.tolist(), head_rows, good.tolist(), firsts, ends.tolist(),
+                                            readable.tolist(), writable.tolist(), strict=True):
+        if ok:
+            out[n] = (_new_indirect_rows((slots[n], row, table_rows, first, end, True)), r, w)
     return out
