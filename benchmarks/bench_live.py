@@ -15,6 +15,10 @@ from other processes on the machine hits both alike. Figures:
 - ``live_proxy_added_median_latency_qd{1,32}``: proxy median latency - direct (us),
 - ``live_proxy_cpu_per_request_qd{1,32}``: CPU time (user + system) the proxy process spent per
   request during the measured window of its best run (us; /proc/PID/stat, 10 ms ticks),
+- ``live_{frontend,backend}_cpu_per_request_{direct,proxy}_qd{1,32}``: the same for the Python
+  front-end (this process) and qemu-storage-daemon over the whole best run (warm-up and drain
+  included), and ``live_busy_cores_{direct,proxy}_qd{1,32}``: the three processes' CPU over that
+  run's wall time (cores): where the 2 cores go, direct and through the proxy,
 - ``live_load_average``: the machine's 1-minute load average when the run ended (/proc/loadavg:
   the figures above are only comparable at a like load).
 
@@ -27,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,12 +56,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (the front-end) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(socket_path: Path, depth: int, seconds: float, probe=None) -> LoadResult:
     client = BlkClient.connect(socket_path, queue_size=128)
     try:
         return RandomReads(client, depth).run(seconds, probe=probe)
     finally:
         client.close()
+
+
+def measure_cpu(socket_path: Path, depth: int, seconds: float, pids: dict[str, int], probe=None
+                ) -> tuple[LoadResult, dict[str, float]]:
+    """:func:`measure`, and the CPU seconds this process (``frontend``), each of ``pids`` and the wall
+    clock (``wall``) spent over the whole run."""
+    def now() -> dict[str, float]:
+        return {"frontend": own_cpu_seconds(), "wall": time.monotonic(),
+                **{name: cpu_seconds(pid) for name, pid in pids.items()}}
+    before = now()
+    result = measure(socket_path, depth, seconds, probe)
+    after = now()
+    return result, {name: after[name] - before[name] for name in before}
 
 
 def figure(name: str, value: float, unit: str) -> None:
@@ -90,15 +115,18 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_path(str(proxy_sock), 30)
                 for depth in (1, 32):
                     best: dict[str, LoadResult] = {}
+                    spent: dict[str, dict[str, float]] = {}
                     ratios: list[float] = []
                     for _ in range(rounds):
                         pair: dict[str, LoadResult] = {}
                         for name, path in (("direct", qsd.socket), ("proxy", proxy_sock)):
-                            result = pair[name] = measure(path, depth, seconds, lambda: cpu_seconds(proxy.pid))
+                            pids = {"backend": qsd.proc.pid, **({"proxy": proxy.pid} if name == "proxy" else {})}
+                            result, cpu = measure_cpu(path, depth, seconds, pids, lambda: cpu_seconds(proxy.pid))
+                            pair[name] = result
                             if result.errors:
                                 raise SystemExit(f"bench_live: {result.errors} reads failed ({name}, qd{depth})")
                             if name not in best or result.iops > best[name].iops:
-                                best[name] = result
+                                best[name], spent[name] = result, cpu
                         ratios.append(pair["proxy"].iops / pair["direct"].iops)
                     direct, traced = best["direct"], best["proxy"]
                     figure(f"live_direct_iops_qd{depth}", direct.iops, "IOPS")
@@ -110,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                     if traced.probed is not None and traced.probed[2]:
                         opened, closed, requests = traced.probed
                         figure(f"live_proxy_cpu_per_request_qd{depth}", (closed - opened) / requests * 1e6, "us")
+                    for name, cpu in spent.items():
+                        done = best[name].completed
+                        for side in ("frontend", "backend"):
+                            figure(f"live_{side}_cpu_per_request_{name}_qd{depth}", cpu[side] / done * 1e6, "us")
+                        busy = sum(value for side, value in cpu.items() if side != "wall")
+                        figure(f"live_busy_cores_{name}_qd{depth}", busy / cpu["wall"], "cores")
                 with open("/proc/loadavg") as load:
                     figure("live_load_average", float(load.read().split()[0]), "load")
             finally:

@@ -21,7 +21,10 @@ The next round's chains land where the driver's free list puts them and both ind
 on (and wrap). Figures: ``chains_per_s`` (step 2's poll), ``with_descriptors_per_s``
 (the poll and the descriptors), ``used_per_s`` (step 4). Timed in process CPU time of
 the tracker's process (the machine is shared: wall time would count the others); each
-figure is the best of 3 runs. Also a whole round trip in chains per second, in one
+figure is the best of 3 runs. Then a poll's fixed cost on a 256-entry ring, in CPU microseconds, each poll
+right after the guest side ran (as a tracker woken by a kick runs): ``empty_poll_cpu`` (nothing new) and
+``one_{short1-2,long16}_poll_cpu`` (one new chain); at 200,000 chains/s a poll of the 16 long chains
+a 256-entry ring holds has 80 us. Also a whole round trip in chains per second, in one
 process: the test driver adds a chain, DeviceQueue pops and pushes it, the driver reads
 it back.
 
@@ -69,6 +72,13 @@ def _guest(queue: DriverQueue, device: DeviceQueue, kind: str, commands: int, an
         command = os.read(commands, 1)
         if command == b"f":  # fill the ring
             reply = _fill(queue, kind)
+        elif command == b"1":  # one chain of the kind
+            n, indirect = KINDS[kind]
+            n = n or 2
+            queue.add([b"r" * 64] * (n // 2), [512] * (n - n // 2), indirect=indirect)
+            reply = 1
+        elif command == b"n":  # nothing (the tracker's poll then finds nothing new)
+            reply = 0
         elif command == b"u":  # use every chain, and the driver takes them back
             chains = device.pop_all()
             device.push_batch([(chain, 0) for chain in chains])
@@ -78,36 +88,77 @@ def _guest(queue: DriverQueue, device: DeviceQueue, kind: str, commands: int, an
         os.write(answers, reply.to_bytes(4, "little"))
 
 
+class _Guest:
+    """A child process playing the driver and the device of one queue over a memfd (see the module doc)."""
+
+    def __init__(self, layout: Layout, size: int, kind: str) -> None:
+        self.memory_size = 64 << 20
+        self.guest = guest = GuestDriver.in_memfd(self.memory_size)
+        self.queue = queue = guest.queue(0, size, layout=layout, features=1 << VIRTIO_F_INDIRECT_DESC)
+        device = DeviceQueue(queue.config, guest.memory)
+        commands_r, self.commands = os.pipe()
+        self.answers, answers_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the guest side
+            status = 1
+            try:
+                os.close(self.commands)
+                os.close(self.answers)
+                _guest(queue, device, kind, commands_r, answers_w)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(commands_r)
+        os.close(answers_w)
+        self.memory = GuestMemory()
+        self.memory.add_fd(guest.fd, 0, self.memory_size)  # read-only, as a tracer maps guest RAM
+
+    def ask(self, command: bytes) -> int:
+        os.write(self.commands, command)
+        return int.from_bytes(os.read(self.answers, 4), "little")
+
+    def close(self) -> None:
+        os.write(self.commands, b"q")
+        os.waitpid(self.pid, 0)
+        os.close(self.commands)
+        os.close(self.answers)
+        self.memory.close()
+        self.guest.close()
+
+
+def bench_poll_cost(layout: Layout, kind: str, polls: int) -> tuple[float, float]:
+    """CPU microseconds of a poll that finds nothing, and of one that finds one chain of ``kind``, each
+    right after the guest side ran (as a tracker woken by a kick runs): a poll's fixed cost."""
+    side = _Guest(layout, 256, kind)
+    try:
+        tracker = RingTracker(side.queue.config, side.memory, avail_idx=0, used_idx=0)
+        clock = time.process_time_ns
+        empty = one = 0
+        for _ in range(polls):
+            side.ask(b"n")
+            start = clock()
+            tracker.poll()
+            empty += clock() - start
+            side.ask(b"1")
+            start = clock()
+            changes = tracker.poll()
+            one += clock() - start
+            assert len(changes.avail) == 1 and not changes.anomalies, changes
+            assert side.ask(b"u") == 1
+            tracker.poll()
+    finally:
+        side.close()
+    return empty / polls / 1e3, one / polls / 1e3
+
+
 def bench_tracker(layout: Layout, size: int, kind: str, seconds: float) -> tuple[float, float, float]:
     """(chains made available per second of polling, the same with their descriptors read, used elements per
     second of polling)."""
-    memory_size = 64 << 20
-    guest = GuestDriver.in_memfd(memory_size)
-    queue = guest.queue(0, size, layout=layout, features=1 << VIRTIO_F_INDIRECT_DESC)
-    device = DeviceQueue(queue.config, guest.memory)
-    commands_r, commands_w = os.pipe()
-    answers_r, answers_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the guest side
-        status = 1
-        try:
-            os.close(commands_w)
-            os.close(answers_r)
-            _guest(queue, device, kind, commands_r, answers_w)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(commands_r)
-    os.close(answers_w)
-
-    def ask(command: bytes) -> int:
-        os.write(commands_w, command)
-        return int.from_bytes(os.read(answers_r, 4), "little")
-
-    memory = GuestMemory()
-    memory.add_fd(guest.fd, 0, memory_size)  # read-only, as a tracer maps guest RAM
+    side = _Guest(layout, size, kind)
+    ask = side.ask
     try:
-        tracker = RingTracker(queue.config, memory, avail_idx=0, used_idx=0)  # as a tap starts at a vring base
+        # as a tap starts, at a vring base
+        tracker = RingTracker(side.queue.config, side.memory, avail_idx=0, used_idx=0)
         clock = time.process_time
         poll_s = descs_s = used_s = 0.0
         avail_n = used_n = 0
@@ -133,12 +184,7 @@ def bench_tracker(layout: Layout, size: int, kind: str, seconds: float) -> tuple
             used_n += chains
             changes = None
     finally:
-        os.write(commands_w, b"q")
-        os.waitpid(pid, 0)
-        os.close(commands_w)
-        os.close(answers_r)
-        memory.close()
-        guest.close()
+        side.close()
     return avail_n / poll_s, avail_n / (poll_s + descs_s), used_n / used_s
 
 
@@ -179,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
         if args.only:
             continue
+        for kind in ("short1-2", "long16"):
+            runs = [bench_poll_cost(layout, kind, 50 if args.quick else 1000) for _ in range(repeat)]
+            for k, what in enumerate(("empty_poll", f"one_{kind}_poll")):
+                if what == "empty_poll" and kind != "short1-2":
+                    continue  # (the same figure again)
+                best = min(r[k] for r in runs)
+                print(json.dumps({"figure": f"rings.{layout.value}.256.{what}_cpu", "value": round(best, 1),
+                                  "unit": "us"}), flush=True)
         rate = max(bench_device(layout, 256, seconds) for _ in range(repeat))
         print(json.dumps({"figure": f"rings.{layout.value}.driver_device_round_trip_per_s", "value": round(rate),
                           "unit": "chains/s"}), flush=True)
