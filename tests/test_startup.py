@@ -7,6 +7,7 @@ the top of a module shows up here, where a timing would drown in noise.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -154,3 +155,29 @@ def _help(parser, path: list[str]) -> str:
         sub = next(a for a in parser._actions if a.dest == "command")
         parser = sub.choices[word]
     return parser.format_help()
+
+
+def _blas_threads(env_value: str | None) -> tuple[str | None, int]:
+    """(OPENBLAS_NUM_THREADS, the threads of the process) once a vqtrace command ran and numpy was imported."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if env_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = env_value
+    probe = ("import contextlib, io, os, json\nfrom vqtrace import cli\n"
+             "with contextlib.redirect_stderr(io.StringIO()):\n    cli.main([])\n"
+             "import numpy\n"
+             "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task'))]))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    setting, threads = json.loads(result.stdout.strip().splitlines()[-1])
+    return setting, threads
+
+
+def test_a_command_runs_numpy_with_one_blas_thread():
+    """vqtrace never calls BLAS: numpy imported under a vqtrace command starts no OpenBLAS thread pool."""
+    assert _blas_threads(None) == ("1", 1)
+
+
+def test_a_users_blas_setting_is_kept():
+    setting, _ = _blas_threads("2")
+    assert setting == "2"

@@ -97,6 +97,10 @@ def build_parser(command: str | None = None, *, arguments: bool = True) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # vqtrace uses numpy for vectorised passes, never for BLAS: without this, importing numpy
+    # starts one OpenBLAS thread per core (CPU at start-up, memory, and on a small machine a
+    # thread the live tracer's peers could use). A user's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # `vqtrace COMMAND ...` imports only COMMAND's module. Otherwise every command is listed;
     # their own arguments are built only if some word could select one (not for --help,
     # no command or an unknown one, whose output never shows them).
