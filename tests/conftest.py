@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -52,3 +53,13 @@ def kill_when_ready(script: str, *args: str, settle: float = 0.2) -> None:
 @pytest.fixture
 def vqtrace_cli():
     return run_vqtrace
+
+
+def blocks_of(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of every pcapng block in ``data``, for the tests that cut or corrupt a trace."""
+    out, pos = [], 0
+    while pos < len(data):
+        length = struct.unpack_from("<I", data, pos + 4)[0]
+        out.append((pos, length))
+        pos += length
+    return out

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conftest import kill_when_ready, require_tool
+from conftest import blocks_of, kill_when_ready, require_tool
 from vqtrace.errors import TraceFileError
 from vqtrace.events import Direction, Event, EventKind
 from vqtrace.trace import pcapng
@@ -70,16 +70,6 @@ def test_the_index_grows_only_as_far_as_looked_at(tmp_path):
         assert reader.indexed == 5000
         assert len(reader) == 20000 and reader.indexed == 20000
         assert reader.frame(20000).event().kind is EventKind.CALL
-
-
-def blocks_of(data: bytes) -> list[tuple[int, int]]:
-    """(offset, length) of every block, for the corruption tests."""
-    out, pos = [], 0
-    while pos < len(data):
-        length = struct.unpack_from("<I", data, pos + 4)[0]
-        out.append((pos, length))
-        pos += length
-    return out
 
 
 def test_a_truncated_file_reads_to_its_last_complete_block(tmp_path):

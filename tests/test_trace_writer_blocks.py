@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import struct
-
-from conftest import kill_when_ready
+from conftest import blocks_of, kill_when_ready
 from vqtrace.events import Direction, Event, EventKind
 from vqtrace.trace import writer as W
 from vqtrace.trace.reader import TraceReader
@@ -52,15 +50,6 @@ def test_write_many_is_one_write_per_call(tmp_path, monkeypatch):
         assert len(sizes) == 4  # one write each: nothing is kept back for the next call
 
 
-def _blocks(data: bytes) -> list[tuple[int, int]]:
-    out, pos = [], 0
-    while pos < len(data):
-        length = struct.unpack_from("<I", data, pos + 4)[0]
-        out.append((pos, length))
-        pos += length
-    return out
-
-
 def test_a_file_cut_anywhere_in_a_wakeup_reads_its_whole_blocks_and_names_the_cut_one(tmp_path):
     """SIGKILL during a write may leave part of it in the file (the kernel stops between pages)."""
     wakeups = [list(iter_bulk(6, start=1_000 * k)) for k in range(3)]
@@ -69,7 +58,7 @@ def test_a_file_cut_anywhere_in_a_wakeup_reads_its_whole_blocks_and_names_the_cu
         for wakeup in wakeups:
             writer.write_many(wakeup)
     data = path.read_bytes()
-    blocks = _blocks(data)
+    blocks = blocks_of(data)
     starts = {offset for offset, _ in blocks}
     last_wakeup = blocks[-6][0]
     packets_before = sum(1 for offset, _ in blocks[:-6] if data[offset] == 6)  # (not the SHB, IDB)

@@ -246,6 +246,15 @@ def test_lean_polls_do_the_common_case_and_decline_anomalies():
     assert [a.code for a in fast.poll().anomalies] == ["HEAD_REUSED_IN_FLIGHT"]
 
 
+def two_taps(shape, snaplen: int) -> tuple[World, TrackerTap, FastTap]:
+    """A world of ``shape`` and the two taps over its memory: the reference and the fast one."""
+    size, bits, split, seed = shape
+    world = World(size, features_of(bits), seed)
+    memory = tracker_memory(world.guest, split)
+    return (world, TrackerTap(world.config, memory, 0, "q", snaplen=snaplen),
+            FastTap(world.config, memory, 0, "q", snaplen=snaplen))
+
+
 def events_of(answer) -> list[Event]:
     return answer.events() if isinstance(answer, RingBatch) else answer
 
@@ -253,11 +262,7 @@ def events_of(answer) -> list[Event]:
 @CASES
 @given(SHAPES, OPS, st.sampled_from([65536, 16, 1, 600]))
 def test_fast_tap_events_equal_tracker_tap_events(shape, ops, snaplen):
-    size, bits, split, seed = shape
-    world = World(size, features_of(bits), seed)
-    memory = tracker_memory(world.guest, split)
-    ref = TrackerTap(world.config, memory, 0, "q", snaplen=snaplen)
-    fast = FastTap(world.config, memory, 0, "q", snaplen=snaplen)
+    world, ref, fast = two_taps(shape, snaplen)
     for n, op in enumerate([*ops, "poll"]):
         if op != "poll":
             world.step(op)
@@ -274,13 +279,9 @@ def test_partial_looks_add_up_to_one_look(shape, ops, snaplen, looks, mostly_cle
     """The proxy's partial looks (a kick walks a few chains, a call only what its used elements need,
     idle time the rest, a few at a time), then a full one, find what one TrackerTap poll finds: the
     same AVAIL events in avail order, the same USED events in used order, the same anomalies."""
-    size, bits, split, seed = shape
-    world = World(size, features_of(bits), seed)
+    world, ref, fast = two_taps(shape, snaplen)
     if mostly_clean:
         ops = [op for op in ops if op not in ("poke", "ring", "reuse", "bad")] + ["poll"]
-    memory = tracker_memory(world.guest, split)
-    ref = TrackerTap(world.config, memory, 0, "q", snaplen=snaplen)
-    fast = FastTap(world.config, memory, 0, "q", snaplen=snaplen)
     for n, op in enumerate([*ops, "poll"]):
         if op != "poll":
             world.step(op)

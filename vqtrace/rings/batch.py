@@ -250,40 +250,47 @@ def _table_verdicts(entries: np.ndarray, firsts: list[int], ends: np.ndarray, lo
     return good, readable, writable
 
 
-def _indirect_heads(config: QueueConfig, memory: GuestMemory, rows: np.ndarray, heads: Sequence[int], lo: int,
-                    hi: int) -> tuple[list[int], list[int], list[_IndirectRows], list[int], list[int]] | None:
-    """Of ``heads``, those that are one INDIRECT descriptor with a table linked 0 -> 1 -> ... -> last (as Linux
-    writes them, 2.7.5.3), checked together: (positions in ``heads``, heads, sources, readable, writable), or
-    None when there is none.
+#: What :func:`_checked_tables` finds: positions in the rows it was given, those rows, the tables' entries,
+#: and per table its first entry, its end, whether a batch walk may take it, its readable and writable bytes.
+_Checked = tuple[list[int], np.ndarray, _Rows, list[int], list[int], list[bool], list[int], list[int]]
+
+
+def _checked_tables(memory: GuestMemory, picked: np.ndarray, size: int, lo: int, hi: int, packed: bool
+                    ) -> _Checked | None:
+    """Of ring descriptors ``picked``, those that can be a whole list by themselves (:func:`_indirect_candidates`),
+    their tables gathered (:func:`_tables`) and checked (:func:`_table_verdicts`); None when there is none."""
+    chosen = _indirect_candidates(picked, size, lo, hi, packed)
+    if not len(chosen):
+        return None
+    picked = picked.take(chosen)
+    entries, firsts, ends, local = _tables(memory, PACKED_DTYPE if packed else SPLIT_DTYPE, picked["addr"],
+                                           picked["len"].astype(np.uint64), lo)
+    good, readable, writable = _table_verdicts(entries, firsts, ends, local, lo, hi, packed)
+    return (chosen.tolist(), picked, _Rows(entries, None, local, packed, True), firsts, ends.tolist(), good.tolist(),
+            readable.tolist(), writable.tolist())
+
+
+def _indirect_heads(memory: GuestMemory, rows: np.ndarray, heads: Sequence[int], size: int, lo: int, hi: int
+                    ) -> list[tuple[int, _IndirectRows, int, int]]:
+    """Of split ``heads``, those that are one INDIRECT descriptor with a table linked 0 -> 1 -> ... -> last (as
+    Linux writes them, 2.7.5.3), checked together: (position in ``heads``, source, readable, writable) each.
 
     Anything else (a table the chain leaves early, links out of order, a bad entry) is left
     to the other walkers.
     """
-    size = config.size
     at = np.frombuffer(array("q", heads), dtype=np.int64)
     inside = (at < size).nonzero()[0]
-    picked = rows.take(at if len(inside) == len(at) else at.take(inside))
-    chosen = _indirect_candidates(picked, size, lo, hi, False)
-    if not len(chosen):
-        return None
-    picked = picked.take(chosen)
-    entries, firsts, ends, local = _tables(memory, SPLIT_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
-    good, readable, writable = _table_verdicts(entries, firsts, ends, local, lo, hi, False)
-    keep = good.nonzero()[0]
-    if not len(keep):
-        return None
-    if len(keep) < len(good):
-        picked, firsts_a, ends = picked.take(keep), np.asarray(firsts).take(keep), ends.take(keep)
-        chosen, readable, writable = chosen.take(keep), readable.take(keep), writable.take(keep)
-        firsts = firsts_a.tolist()
-    positions = (chosen if len(inside) == len(at) else inside.take(chosen)).tolist()
-    table_rows = _Rows(entries, None, local, False, True)
-    head_list = [heads[k] for k in positions]
-    sources = list(map(_new_indirect_rows, zip(
-        head_list, zip(picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist(),
-                       picked["next"].tolist(), strict=True),
-        repeat(table_rows), firsts, ends.tolist(), repeat(False))))
-    return positions, head_list, sources, readable.tolist(), writable.tolist()
+    every = len(inside) == len(at)
+    checked = _checked_tables(memory, rows.take(at if every else at.take(inside)), size, lo, hi, False)
+    if checked is None:
+        return []
+    chosen, picked, table_rows, firsts, ends, good, readable, writable = checked
+    positions = chosen if every else inside.take(chosen).tolist()
+    head_rows = zip(picked["addr"].tolist(), picked["len"].tolist(), picked["flags"].tolist(), picked["next"].tolist(),
+                    strict=True)
+    return [(k, _new_indirect_rows((heads[k], row, table_rows, first, end, False)), r, w)
+            for k, row, ok, first, end, r, w in zip(positions, head_rows, good, firsts, ends, readable, writable,
+                                                    strict=True) if ok]
 
 
 def _split_entries(raw: bytes, size: int, lo: int, hi: int, runs: bool
@@ -456,22 +463,17 @@ def split_batch(config: QueueConfig, memory: GuestMemory, heads: Sequence[int], 
     entries = walked
     # Chains that are one INDIRECT descriptor each (as Linux adds a chain of two buffers or more when
     # VIRTIO_F_INDIRECT_DESC is negotiated): their tables are checked together.
-    tables = _indirect_heads(config, memory, source.rows, [head for _, head in slow], lo, hi) \
-        if slow and config.indirect else None
-    if tables is not None:
-        picked, table_heads, sources, readable, writable = tables
+    tables = _indirect_heads(memory, source.rows, [head for _, head in slow], size, lo, hi) \
+        if slow and config.indirect else []
+    if tables:
         entries = walked.copy()  # the tracker's list: the batch's indirect chains take one entry each
-        base = len(entries)
-        entries.extend(table_heads)
-        for m, (n, head, found, r, w) in enumerate(zip(picked, table_heads, sources, readable, writable, strict=True)):
-            k = slow[n][0]
+        for n, found, r, w in tables:
+            k, head = slow[n]
             chains[k] = lazy(queue, head, (first_idx + k) & 0xFFFF, found, r, w)
-            parts[k] = (base + m, base + m + 1, head)
-        if len(picked) < len(slow):
-            taken = set(picked)
-            slow = [s for n, s in enumerate(slow) if n not in taken]
-        else:
-            slow = []
+            parts[k] = (len(entries), len(entries) + 1, head)
+            entries.append(head)
+        taken = {n for n, *_ in tables}
+        slow = [s for n, s in enumerate(slow) if n not in taken] if len(taken) < len(slow) else []
     for k, head in slow:  # one by one, the scalar fast path first
         chains[k] = walk_split_chain(config, memory, head, avail_idx=(first_idx + k) & 0xFFFF, table=table,
                                      bounds=bounds)
@@ -608,18 +610,13 @@ def _packed_indirect(config: QueueConfig, memory: GuestMemory, table: np.ndarray
     after another, only WRITE valid): per slot (source, readable, writable), or None: walk carefully."""
     size = config.size
     out: list[tuple[_IndirectRows, int, int] | None] = [None] * len(slots)
-    picked = table.take(np.array(slots, dtype=np.intp))
-    chosen = _indirect_candidates(picked, size, lo, hi, True)
-    if not len(chosen):
+    checked = _checked_tables(memory, table.take(np.array(slots, dtype=np.intp)), size, lo, hi, True)
+    if checked is None:
         return out
-    picked = picked.take(chosen)
-    entries, firsts, ends, local = _tables(memory, PACKED_DTYPE, picked["addr"], picked["len"].astype(np.uint64), lo)
-    good, readable, writable = _table_verdicts(entries, firsts, ends, local, lo, hi, True)
-    table_rows = _Rows(entries, None, local, True, True)
+    chosen, picked, table_rows, firsts, ends, good, readable, writable = checked
     head_rows = zip(picked["addr"].tolist(), picked["len"].tolist(), picked["id"].tolist(), picked["flags"].tolist(),
                     strict=True)
-    for n, row, ok, first, end, r, w in zip(chosen.tolist(), head_rows, good.tolist(), firsts, ends.tolist(),
-                                            readable.tolist(), writable.tolist(), strict=True):
+    for n, row, ok, first, end, r, w in zip(chosen, head_rows, good, firsts, ends, readable, writable, strict=True):
         if ok:
             out[n] = (_new_indirect_rows((slots[n], row, table_rows, first, end, True)), r, w)
     return out
